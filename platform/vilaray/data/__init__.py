@@ -1,0 +1,1 @@
+"""Ray Data pipeline: readers -> canonical samples -> tokenize + image preprocess -> pack -> mix -> feed."""
