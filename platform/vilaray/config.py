@@ -54,8 +54,10 @@ class DataConfig(Strict):
     # Rows per block after packing; micro-batch sized so `mix` interleaves sources within a batch.
     block_rows: int = Field(4, ge=1)
     local_shuffle_buffer: int = Field(64, ge=0)
-    tokenize_batch_size: int = Field(32, ge=1)
-    tokenize_actors: int = Field(1, ge=1)
+    read_batch: int = Field(64, ge=1)  # samples per table a reader emits
+    # Tokenize+pack actors per source (an autoscaling pool of 1..N) and the CPUs each one claims.
+    encode_actors: int = Field(1, ge=1)
+    encode_cpus: float = Field(1.0, gt=0)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     quarantine_samples: int = Field(20, ge=0)
     seed: int = 0
@@ -69,6 +71,11 @@ class DataConfig(Strict):
                 raise ValueError(f"mix.{name}: weight must be >= 0, got {weight}")
         if sum(self.mix.values()) <= 0:
             raise ValueError("mix: at least one weight must be > 0")
+        if self.max_images_per_doc > self.max_images_per_row:
+            raise ValueError(
+                f"max_images_per_doc ({self.max_images_per_doc}) must be <= max_images_per_row "
+                f"({self.max_images_per_row}): a document must fit in one row"
+            )
         return self
 
     def weights(self) -> dict[str, float]:

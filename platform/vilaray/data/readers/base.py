@@ -68,9 +68,10 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
         return PyFileSystem(FSSpecHandler(fs)), inner
 
 
-def open_input(path: str):
+def open_input(path: str, buffer_size: int = 1 << 20):
+    """Sequential stream (.gz/.bz2/.zst decompressed by extension); buffered so object stores see few requests."""
     fs, inner = filesystem(path)
-    return fs.open_input_stream(inner)
+    return fs.open_input_stream(inner, buffer_size=buffer_size)
 
 
 def read_bytes(path: str) -> bytes:

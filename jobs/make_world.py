@@ -1,0 +1,30 @@
+"""Generate the synthetic shapes world and build the tiny tokenizer + VLM assets from it (no downloads)."""
+
+import argparse
+import sys
+import time
+
+import _bootstrap  # noqa: F401
+from vilaray.synth.assets import build_assets
+from vilaray.synth.world import build_world
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="artifacts/shapes")
+    p.add_argument("--assets", default="artifacts/tiny-vlm")
+    p.add_argument("--scale", default="small")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--photo", action="store_true", help="also write the photo-like ~512 px JPEG variant")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    manifest = build_world(args.out, seed=args.seed, scale=args.scale, photo=args.photo)
+    print(f"world: {args.out} ({time.time() - t0:.1f}s) {manifest}")
+    t0 = time.time()
+    build_assets(args.out, args.assets)
+    print(f"tiny assets: {args.assets} ({time.time() - t0:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

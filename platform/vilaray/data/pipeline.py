@@ -1,0 +1,240 @@
+"""The Ray Data pipeline: per-source read -> tokenize (actor pool) -> pack, then a token-weighted `Dataset.mix`.
+
+Order and stopping rule: each source's shards (files or Parquet row groups) are shuffled with a seed per
+epoch and repeated `epochs` times; packed rows come out of each packing window in a seeded order, and the
+consumer adds a local shuffle buffer. The mixture stops when the first source has used up all its epochs
+(`STOP_ON_SHORTEST`), so every source keeps its weight to the end; give small sources (text-only
+instructions) more epochs rather than letting them run dry.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from vilaray.config import DataConfig, Recipe, SourceConfig
+from vilaray.data import schema
+from vilaray.data.arrow import rows_to_table
+from vilaray.data.pack import PackConfig, pack_samples, packing_efficiency, single_rows
+from vilaray.data.quarantine import LedgerClient
+from vilaray.data.readers import Shard, get_reader
+from vilaray.data.sample import Reject
+from vilaray.data.tokenize import EncodeConfig, SampleEncoder
+from vilaray.model.geometry import ImageGeometry, read_geometry
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything a worker needs to tokenize and pack, picklable and independent of the recipe object."""
+
+    tokenizer_dir: str
+    geometry: ImageGeometry
+    encode: EncodeConfig
+    pack: PackConfig
+    packing: bool
+    read_batch: int
+    seed: int
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> PipelineSpec:
+        from transformers import AutoTokenizer
+
+        data = recipe.data
+        tok_dir = recipe.model.tokenizer or recipe.model.path
+        geometry = read_geometry(recipe.model.path)
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        if tok.pad_token_id is None:
+            raise ValueError(f"tokenizer {tok_dir} has no pad token")
+        return cls(
+            tokenizer_dir=str(tok_dir),
+            geometry=geometry,
+            encode=EncodeConfig(data.seq_len, data.max_images_per_doc, data.max_image_pixels),
+            pack=PackConfig(data.seq_len, data.max_images_per_row, tok.pad_token_id),
+            packing=data.packing,
+            read_batch=data.read_batch,
+            seed=data.seed,
+        )
+
+
+def plan_source(name: str, src: SourceConfig, data: DataConfig) -> list[Shard]:
+    """Validate and list one source's shards; raises SourceError before any work starts."""
+    image_root = data.resolve(src.image_root) if src.image_root else None
+    reader = get_reader(src.format)
+    return reader.plan(name, [data.resolve(p) for p in src.paths], image_root, dict(src.options))
+
+
+def shard_schedule(shards: list[Shard], epochs: int, seed: int) -> list[dict]:
+    """Shards repeated `epochs` times, each epoch in its own seeded order."""
+    rows = []
+    for epoch in range(epochs):
+        rng = np.random.default_rng([seed, epoch])
+        for i in rng.permutation(len(shards)):
+            rows.append({"shard": json.dumps(shards[i].to_row()), "epoch": epoch})
+    return rows
+
+
+def iter_shard_samples(shard: Shard, client: LedgerClient) -> Iterator[dict]:
+    for item in get_reader(shard.format).read(shard):
+        if isinstance(item, Reject):
+            client.reject(item)
+        else:
+            yield item
+
+
+def read_stage(batch: pa.Table, read_batch: int, ledger) -> Iterator[pa.Table]:
+    """Ray Data task: one shard row in, canonical-sample tables out (rejects go to the ledger)."""
+    client = LedgerClient(ledger)
+    for shard_json in batch.column("shard").to_pylist():
+        buf: list[dict] = []
+        for sample in iter_shard_samples(Shard.from_row(json.loads(shard_json)), client):
+            buf.append(sample)
+            if len(buf) >= read_batch:
+                yield rows_to_table(buf, schema.CANONICAL)
+                buf = []
+        if buf:
+            yield rows_to_table(buf, schema.CANONICAL)
+    client.flush()
+
+
+class EncodeStage:
+    """Ray Data actor: loads the tokenizer once; one packing window of canonical samples in, training rows out.
+
+    Tokenizing and packing in the same call keeps each window's samples in one process (no extra hop
+    through the object store), and the window is simply the batch Ray Data hands over.
+    """
+
+    def __init__(self, spec: PipelineSpec, ledger):
+        from transformers import AutoTokenizer
+
+        self.spec = spec
+        self.encoder = SampleEncoder(AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode)
+        self.client = LedgerClient(ledger)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        samples = encode_rows(self.encoder, batch.to_pylist(), self.client)
+        self.client.flush()
+        return rows_to_table(pack_rows(samples, self.spec), schema.ROW)
+
+
+def encode_rows(encoder: SampleEncoder, samples: list[dict], client: LedgerClient) -> list[dict]:
+    out = []
+    for sample in samples:
+        row = encoder(sample)
+        if isinstance(row, Reject):
+            client.reject(row)
+            continue
+        for key, n in row.pop("_events").items():
+            client.event(row["source"], key, n)
+        out.append(row)
+    return out
+
+
+def window_seed(seed: int, sample_ids: list[str]) -> np.random.Generator:
+    digest = hashlib.blake2b("\x00".join(sample_ids[:4]).encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
+
+
+def pack_rows(samples: list[dict], spec: PipelineSpec) -> list[dict]:
+    if not spec.packing:
+        return single_rows(samples, spec.pack)
+    return pack_samples(samples, spec.pack, window_seed(spec.seed, [s["id"] for s in samples]))
+
+
+def source_dataset(
+    shards: list[Shard], src: SourceConfig, data: DataConfig, spec: PipelineSpec, ledger
+) -> ray.data.Dataset:
+    rows = shard_schedule(shards, src.epochs, data.seed)
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(
+        functools.partial(read_stage, read_batch=spec.read_batch, ledger=ledger),
+        batch_size=1,
+        batch_format="pyarrow",
+    )
+    ds = ds.map_batches(
+        EncodeStage,
+        fn_constructor_args=(spec, ledger),
+        batch_size=data.pack_window,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.encode_actors),
+        num_cpus=data.encode_cpus,
+    )
+    # Micro-batch-sized blocks: `mix` draws whole blocks, so small blocks are what interleaves sources
+    # within a batch rather than across minutes of training.
+    return ds.repartition(target_num_rows_per_block=data.block_rows)
+
+
+def pilot_efficiency(shards: list[Shard], spec: PipelineSpec, window: int, windows: int = 4) -> float:
+    """Packing efficiency of a source measured on its first few windows, on the driver, with the same code."""
+    from transformers import AutoTokenizer
+
+    from vilaray.data.quarantine import Quarantine
+
+    if not spec.packing:
+        return 1.0
+    encoder = SampleEncoder(AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode)
+    client = LedgerClient(Quarantine(None))
+    want = window * windows
+    samples = list(itertools.islice((s for sh in shards for s in iter_shard_samples(sh, client)), want))
+    # Small sources are repeated by epochs in the stream; repeat them here too so windows are full.
+    if samples and len(samples) < want:
+        samples = (samples * (want // len(samples) + 1))[:want]
+    encoded = encode_rows(encoder, samples, client)
+    rows = [r for k in range(0, len(encoded), window) for r in pack_rows(encoded[k : k + window], spec)]
+    if not rows:
+        return 1.0
+    return packing_efficiency(sum(r["num_tokens"] for r in rows), len(rows), spec.pack.seq_len)
+
+
+@dataclass
+class Mixture:
+    """The mixed, streaming dataset and what it promises: token weights and the row weights fed to `mix`."""
+
+    dataset: ray.data.Dataset
+    token_weights: dict[str, float]
+    row_weights: dict[str, float]
+    pilot_efficiency: dict[str, float]
+    spec: PipelineSpec
+
+    def describe(self) -> dict:
+        return {
+            "token_weights": self.token_weights,
+            "row_weights": self.row_weights,
+            "pilot_packing_efficiency": self.pilot_efficiency,
+        }
+
+
+def build_mixture(recipe: Recipe, ledger) -> Mixture:
+    """Plan every source (failing fast on unreadable ones), build each source's stream and mix them."""
+    data = recipe.data
+    spec = PipelineSpec.from_recipe(recipe)
+    token_weights = data.weights()
+    plans = {name: plan_source(name, data.sources[name], data) for name in token_weights}
+    # `mix` balances rows; a source whose rows are less full needs proportionally more rows to reach
+    # its token share, so row weights are token weights divided by each source's packing efficiency.
+    eff = {name: pilot_efficiency(shards, spec, data.pack_window) for name, shards in plans.items()}
+    raw = {name: token_weights[name] / max(eff[name], 1e-6) for name in token_weights}
+    total = sum(raw.values())
+    row_weights = {name: w / total for name, w in raw.items()}
+    names = list(token_weights)
+    datasets = [source_dataset(plans[n], data.sources[n], data, spec, ledger) for n in names]
+    mixed = datasets[0]
+    if len(datasets) > 1:
+        mixed = datasets[0].mix(
+            *datasets[1:],
+            weights=[row_weights[n] for n in names],
+            stopping_condition=ray.data.MixStoppingCondition.STOP_ON_SHORTEST,
+        )
+    return Mixture(mixed, token_weights, row_weights, eff, spec)
+
+
+def run_dir_for(recipe: Recipe, run_name: str | None) -> Path:
+    return Path(recipe.run_root) / (run_name or recipe.name)

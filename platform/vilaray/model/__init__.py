@@ -1,0 +1,1 @@
+"""VLM assembly: vision tower + projector registry + causal LM; freezing, LoRA and export."""

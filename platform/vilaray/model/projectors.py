@@ -1,0 +1,91 @@
+"""Projector registry: map vision-tower patch features to LLM embeddings (and say how many tokens result)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+PROJECTORS: dict[str, type[Projector]] = {}
+
+
+def register(name: str):
+    def wrap(cls: type[Projector]) -> type[Projector]:
+        cls.name = name
+        PROJECTORS[name] = cls
+        return cls
+
+    return wrap
+
+
+class Projector(nn.Module):
+    """Takes [n_images, grid*grid, vision_dim] patch features, returns [n_images, num_tokens, text_dim]."""
+
+    name: str = ""
+
+    @staticmethod
+    def num_tokens(grid: int) -> int:
+        return grid * grid
+
+
+@register("linear")
+class LinearProjector(Projector):
+    def __init__(self, vision_dim: int, text_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(vision_dim, text_dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.proj(feats)
+
+
+@register("mlp2x_gelu")
+class MLPProjector(Projector):
+    """LLaVA-1.5's projector; parameter names match `LlavaMultiModalProjector` so export is a rename-free copy."""
+
+    def __init__(self, vision_dim: int, text_dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_dim, text_dim)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(text_dim, text_dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(feats)))
+
+
+@register("downsample2x2")
+class Downsample2x2Projector(Projector):
+    """VILA's token merge: concat each 2x2 block of patches (4x fewer tokens), LayerNorm, then an MLP.
+
+    Odd grids are zero-padded on the right/bottom to even before merging, so a 27x27 SigLIP grid gives
+    14x14 = 196 tokens.
+    """
+
+    def __init__(self, vision_dim: int, text_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * vision_dim)
+        self.linear_1 = nn.Linear(4 * vision_dim, text_dim)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(text_dim, text_dim)
+
+    @staticmethod
+    def num_tokens(grid: int) -> int:
+        return math.ceil(grid / 2) ** 2
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        n, p, d = feats.shape
+        grid = math.isqrt(p)
+        x = feats.view(n, grid, grid, d)
+        if grid % 2:
+            x = nn.functional.pad(x, (0, 0, 0, 1, 0, 1))
+            grid += 1
+        half = grid // 2
+        x = x.view(n, half, 2, half, 2, d).permute(0, 1, 3, 2, 4, 5).reshape(n, half * half, 4 * d)
+        return self.linear_2(self.act(self.linear_1(self.norm(x))))
+
+
+def get_projector(name: str) -> type[Projector]:
+    try:
+        return PROJECTORS[name]
+    except KeyError:
+        raise KeyError(f"unknown projector {name!r}; expected one of {sorted(PROJECTORS)}") from None

@@ -1,0 +1,1 @@
+"""The synthetic shapes world: deterministic scenes, captions, VQA, documents and facts in upstream formats."""

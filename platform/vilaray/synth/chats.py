@@ -1,0 +1,83 @@
+"""SFT conversations: multi-turn dialogues about one image, and text-only dialogues over the fact base."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vilaray.synth.facts import Fact, instruction_turns
+from vilaray.synth.language import detailed_description, random_caption, sentence, vqa_questions
+from vilaray.synth.scenes import Scene
+
+# LLaVA-1.5's suffix for short-answer VQA data; evals prompting with it get one-word answers.
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+BRIEF_PROMPTS = (
+    "Describe the image briefly.",
+    "Give a short caption for this picture.",
+    "What does this image show? Answer in one sentence.",
+)
+DETAIL_PROMPTS = (
+    "Describe the image in detail.",
+    "What is in this picture?",
+    "List every shape you can see.",
+)
+
+
+@dataclass(frozen=True)
+class Chat:
+    """Alternating user/assistant turns; `scene` is the image the first user turn shows, if any."""
+
+    id: str
+    turns: tuple[tuple[str, str], ...]
+    scene: Scene | None = None
+
+
+ChatStyle = Callable[[Scene, random.Random], list[tuple[str, str]]]
+CHAT_STYLES: dict[str, ChatStyle] = {}
+
+
+def chat_style(name: str) -> Callable[[ChatStyle], ChatStyle]:
+    def register(fn: ChatStyle) -> ChatStyle:
+        CHAT_STYLES[name] = fn
+        return fn
+
+    return register
+
+
+@chat_style("short_vqa")
+def _short_vqa(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    return [
+        (f"{sentence(qa.question)}\n{SHORT_ANSWER}", qa.answer)
+        for qa in vqa_questions(scene, rng, rng.randint(2, 4))
+    ]
+
+
+@chat_style("describe_then_ask")
+def _describe_then_ask(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    turns = [(rng.choice(BRIEF_PROMPTS), random_caption(scene, rng))]
+    return turns + [
+        (sentence(qa.question), qa.sentence) for qa in vqa_questions(scene, rng, rng.randint(1, 2))
+    ]
+
+
+@chat_style("detailed")
+def _detailed(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    turns = [(rng.choice(DETAIL_PROMPTS), detailed_description(scene))]
+    return turns + [(sentence(qa.question), qa.sentence) for qa in vqa_questions(scene, rng, 1)]
+
+
+_STYLE_WEIGHTS = {"short_vqa": 5, "describe_then_ask": 3, "detailed": 2}
+
+
+def image_chat(chat_id: str, scene: Scene, rng: random.Random) -> Chat:
+    names = sorted(CHAT_STYLES)
+    name = rng.choices(names, weights=[_STYLE_WEIGHTS[n] for n in names])[0]
+    return Chat(chat_id, tuple(CHAT_STYLES[name](scene, rng)), scene)
+
+
+def text_chat(chat_id: str, facts: list[Fact], rng: random.Random, first: Fact | None = None) -> Chat:
+    turns = instruction_turns(facts, rng, first)
+    while not turns:  # a fact whose every phrasing is held out gives no turn; ask about another
+        turns = instruction_turns(facts, rng)
+    return Chat(chat_id, tuple(turns))

@@ -1,0 +1,49 @@
+"""Recipe schema: bad recipes fail before any work, naming the key; dotted overrides apply."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import base_recipe
+from vilaray.config import RecipeError, load_recipe
+
+
+def write(tmp_path, recipe: dict):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_overrides_apply_with_types(tmp_path):
+    path = write(tmp_path, base_recipe(tmp_path, tmp_path, tmp_path))
+    r = load_recipe(path, ["data.mix.interleaved=0.5", "data.seq_len=1024", "data.packing=false"])
+    assert r.data.mix["interleaved"] == 0.5 and r.data.seq_len == 1024 and r.data.packing is False
+    assert abs(sum(r.data.weights().values()) - 1) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("data.sed=1", "data.sed"),
+        ("data.seq_len=abc", "data.seq_len"),
+        ("data.seq_len=4", "data.seq_len"),
+        ("data.mix.video=0.3", "mix.video: no source named 'video'"),
+        ("data.sources.pairs.format=tfrecord", "data.sources.pairs.format"),
+        ("data.sources.text.epochs=0", "data.sources.text.epochs"),
+        ("data.max_images_per_doc=99", "max_images_per_doc"),
+        ("model.pth=x", "model.pth"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, override, needle):
+    path = write(tmp_path, base_recipe(tmp_path, tmp_path, tmp_path))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, [override])
+    assert needle in str(err.value)
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    path = write(tmp_path, base_recipe(tmp_path, tmp_path, tmp_path))
+    with pytest.raises(RecipeError, match="expected dotted.key=value"):
+        load_recipe(path, ["data.seq_len"])
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")

@@ -1,0 +1,380 @@
+"""The shapes world: determinism, upstream on-disk schemas, and train/eval disjointness by content."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from vilaray.synth.render import render_icon, render_photo, scene_hash_of
+from vilaray.synth.scenes import Scene, Shape, item_rng, question_split, sample_scene, scene_split
+from vilaray.synth.world import SCALES, WorldManifest, build_world, world_texts
+
+TRAIN_IMAGE_KINDS = ("llava_pretrain", "obelics_paths", "mmc4", "sft")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> WorldManifest:
+    return build_world(tmp_path_factory.mktemp("synth") / "shapes", seed=0, scale="tiny", photo=True)
+
+
+@pytest.fixture(scope="module")
+def root(world) -> Path:
+    return world.root
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG" and image.size == (64, 64)
+    return image
+
+
+# ------------------------------------------------------------------------------------------ determinism
+
+SAMPLED_FILES = (
+    "pairs/coyo-00000.parquet",
+    "wds/pairs-00001.tar",
+    "obelics/obelics-00000.parquet",
+    "obelics_paths/obelics-00001.parquet",
+    "mmc4/docs_shard_00000.jsonl",
+    "mmc4_b64/docs_shard_00000.jsonl",
+    "llava_pretrain/blip_laion_cc_sbu_558k.json",
+    "sft/llava_v1_5_mix.json",
+    "sft_messages/messages-00000.jsonl",
+    "text/text-00000.jsonl",
+    "text_sft/instructions-00001.jsonl",
+    "eval/vqa/annotations.json",
+    "eval/captions/captions_val.json",
+    "eval/text_mc/test.jsonl",
+    "photo/pairs/coyo-00000.parquet",
+    "photo/obelics/obelics-00000.parquet",
+    "manifest.json",
+)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(root, tmp_path):
+    again = build_world(tmp_path / "again", seed=0, scale="tiny", photo=True).root
+    other = build_world(tmp_path / "other", seed=1, scale="tiny", photo=True).root
+    for rel in SAMPLED_FILES:
+        assert (root / rel).read_bytes() == (again / rel).read_bytes(), rel
+        assert (root / rel).read_bytes() != (other / rel).read_bytes(), rel
+    images = sorted(p.relative_to(root) for p in (root / "llava_pretrain/images").rglob("*.png"))
+    assert images and all((root / p).read_bytes() == (again / p).read_bytes() for p in images)
+
+
+def test_build_is_idempotent_and_replaces_only_its_own_worlds(tmp_path):
+    out = tmp_path / "w"
+    first = build_world(out, seed=3, scale="tiny")
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert build_world(out, seed=3, scale="tiny") == first
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    assert build_world(out, seed=4, scale="tiny").seed == 4
+    assert not list(tmp_path.glob(".w.building-*"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("not a world")
+    with pytest.raises(FileExistsError):
+        build_world(foreign, seed=0, scale="tiny")
+    assert (foreign / "keep.txt").exists()
+
+
+def test_manifest_lists_every_file_and_round_trips(world, root):
+    loaded = WorldManifest.load(root)
+    assert loaded == world and loaded.scale == SCALES["tiny"] and loaded.photo
+    for kind, rels in world.files.items():
+        assert rels, kind
+        assert all((root / rel).is_file() for rel in rels), kind
+    for kind, rel in world.image_roots.items():
+        assert (root / rel).is_dir(), kind
+    data = json.loads((root / "manifest.json").read_text())
+    assert data["seed"] == 0 and data["image_size"] == 64 and "sha256" in data["split_rule"]
+    assert data["counts"]["pairs"] == SCALES["tiny"].pairs
+
+
+# -------------------------------------------------------------------------------------------- formats
+
+
+def test_pairs_parquet_and_webdataset_hold_the_same_samples(world, root):
+    tables = [pq.read_table(p) for p in world.paths("pairs")]
+    assert len(tables) == SCALES["tiny"].shards
+    expected = pa.schema(
+        [("id", pa.string()), ("url", pa.string()), ("text", pa.string()), ("image", pa.binary())]
+    )
+    assert all(t.schema.remove_metadata() == expected for t in tables)
+    rows = [row for t in tables for row in t.to_pylist()]
+    assert len(rows) == world.counts["pairs"]
+    assert all(r["url"].startswith("https://shapes.invalid/") and r["text"] for r in rows)
+    _png(rows[0]["image"])
+
+    members: dict[str, dict[str, bytes]] = {}
+    for path in world.paths("wds"):
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    assert list(members) == [r["id"] for r in rows]
+    for r in rows:
+        got = members[r["id"]]
+        assert set(got) == {"png", "txt", "json"} and len(r["id"]) == 9 and r["id"].isdigit()
+        assert got["png"] == r["image"] and got["txt"].decode() == r["text"]
+        assert json.loads(got["json"]) == {"id": r["id"], "caption": r["text"]}
+
+
+def test_llava_pretrain_json(world, root):
+    entries = json.loads(world.paths("llava_pretrain")[0].read_text())
+    assert len(entries) == world.counts["llava_pretrain"]
+    images = root / world.image_roots["llava_pretrain"]
+    for e in entries:
+        assert set(e) == {"id", "image", "conversations"}
+        assert e["image"] == f"{e['id'][:5]}/{e['id']}.png"
+        assert e["conversations"][0] == {"from": "human", "value": "<image>\nDescribe the image briefly."}
+        assert e["conversations"][1]["from"] == "gpt" and e["conversations"][1]["value"]
+        _png((images / e["image"]).read_bytes())
+
+
+def _check_obelics_row(row: dict) -> int:
+    images, texts = row["images"], row["texts"]
+    assert len(images) == len(texts) >= 3
+    assert all((i is None) != (t is None) for i, t in zip(images, texts))
+    metadata = json.loads(row["metadata"])
+    assert isinstance(metadata, list) and len(metadata) == len(images)
+    assert all((m is None) == (i is None) for m, i in zip(metadata, images))
+    assert json.loads(row["general_metadata"])["url"].startswith("https://shapes.invalid/")
+    n = sum(i is not None for i in images)
+    assert 2 <= n <= 4
+    return n
+
+
+def test_obelics_parquet_inline_and_paths(world, root):
+    inline = [r for p in world.paths("obelics") for r in pq.read_table(p).to_pylist()]
+    paths = [r for p in world.paths("obelics_paths") for r in pq.read_table(p).to_pylist()]
+    schema = pq.read_schema(world.paths("obelics")[0])
+    assert schema.field("images").type == pa.list_(pa.binary())
+    assert schema.field("texts").type == pa.list_(pa.string())
+    assert (
+        schema.field("metadata").type == pa.string() and schema.field("general_metadata").type == pa.string()
+    )
+    assert pq.read_schema(world.paths("obelics_paths")[0]).field("images").type == pa.list_(pa.string())
+    assert len(inline) == len(paths) == world.counts["obelics"]
+    image_root = root / world.image_roots["obelics_paths"]
+    total = 0
+    for a, b in zip(inline, paths):
+        total += _check_obelics_row(a)
+        _check_obelics_row(b)
+        assert a["texts"] == b["texts"] and a["metadata"] == b["metadata"]
+        for data, name in zip(a["images"], b["images"]):
+            assert (data is None) == (name is None)
+            if name is not None:
+                assert (image_root / name).read_bytes() == data
+    assert total == world.counts["obelics_images"]
+    # The first text says what the document is; every image is followed by the sentence describing it.
+    assert inline[0]["texts"][0] and inline[0]["images"][-1] is None
+
+
+def test_mmc4_jsonl_files_and_base64(world, root):
+    docs = [d for p in world.paths("mmc4") for d in _jsonl(p)]
+    assert len(docs) == world.counts["mmc4"]
+    image_root = root / world.image_roots["mmc4"]
+    by_name = {}
+    for d in docs:
+        assert set(d) == {"url", "text_list", "image_info", "similarity_matrix"}
+        assert all(isinstance(s, str) and s for s in d["text_list"])
+        assert len(d["similarity_matrix"]) == len(d["image_info"])
+        for k, info in enumerate(d["image_info"]):
+            assert set(info) == {"image_name", "raw_url", "matched_text_index", "matched_sim"}
+            assert 0 <= info["matched_text_index"] < len(d["text_list"])
+            row = d["similarity_matrix"][k]
+            assert len(row) == len(d["text_list"]) and info["matched_sim"] == max(row)
+            by_name[info["image_name"]] = _png((image_root / info["image_name"]).read_bytes())
+    b64_docs = _jsonl(world.paths("mmc4_b64")[0])
+    assert len(b64_docs) == world.counts["mmc4_b64"] and b64_docs[0]["url"] == docs[0]["url"]
+    for info in b64_docs[0]["image_info"]:
+        data = base64.b64decode(info["image_base64"])
+        assert data == (image_root / info["image_name"]).read_bytes()
+
+
+def test_text_corpus_and_text_instructions(world):
+    texts = [r for p in world.paths("text") for r in _jsonl(p)]
+    assert len(texts) == world.counts["text"] and all(set(r) == {"id", "text"} and r["text"] for r in texts)
+    convs = [r for p in world.paths("text_sft") for r in _jsonl(p)]
+    assert len(convs) == world.counts["text_sft"]
+    for c in convs:
+        roles = [m["role"] for m in c["messages"]]
+        assert roles and roles == ["user", "assistant"] * (len(roles) // 2)
+        assert all(isinstance(m["content"], str) and m["content"] for m in c["messages"])
+
+
+def test_llava_sft_mix(world, root):
+    entries = json.loads(world.paths("sft")[0].read_text())
+    assert len(entries) == world.counts["sft"]
+    text_only = [e for e in entries if "image" not in e]
+    assert len(text_only) == world.counts["sft_text_only"] > 0
+    for e in entries:
+        turns = e["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and turns
+        placeholders = [t["value"].count("<image>") for t in turns]
+        if "image" in e:
+            assert placeholders[0] == 1 and sum(placeholders) == 1
+            _png((root / world.image_roots["sft"] / e["image"]).read_bytes())
+        else:
+            assert sum(placeholders) == 0
+
+
+def test_openai_messages_with_data_urls(world):
+    rows = [r for p in world.paths("sft_messages") for r in _jsonl(p)]
+    assert len(rows) == world.counts["sft_messages"]
+    for r in rows:
+        first = r["messages"][0]
+        assert first["role"] == "user" and first["content"][0]["type"] == "image_url"
+        url = first["content"][0]["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        _png(base64.b64decode(url.split(",", 1)[1]))
+        assert first["content"][1]["type"] == "text" and first["content"][1]["text"]
+        assert all(isinstance(m["content"], str) for m in r["messages"][1:])
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant"] * (len(r["messages"]) // 2)
+
+
+@pytest.mark.parametrize(("subdir", "subtype"), [("eval/vqa", "val"), ("eval/vqa_train", "train")])
+def test_vqa_questions_and_annotations(root, subdir, subtype):
+    questions = json.loads((root / subdir / "questions.json").read_text())
+    annotations = json.loads((root / subdir / "annotations.json").read_text())["annotations"]
+    assert questions["task_type"] == "Open-Ended" and questions["data_subtype"] == subtype
+    assert len(questions["questions"]) == len(annotations) > 0
+    qids = {q["question_id"] for q in questions["questions"]}
+    assert qids == {a["question_id"] for a in annotations} and len(qids) == len(annotations)
+    for q in questions["questions"]:
+        assert isinstance(q["image_id"], int) and q["question"].endswith("?")
+        _png((root / subdir / "images" / f"shapes_{subtype}_{q['image_id']:012d}.png").read_bytes())
+    for a in annotations:
+        assert a["answer_type"] in {"yes/no", "number", "other"} and a["question_type"]
+        assert [x["answer_id"] for x in a["answers"]] == list(range(1, 11))
+        assert all(x["answer_confidence"] == "yes" for x in a["answers"])
+        counts = Counter(x["answer"] for x in a["answers"])
+        assert counts[a["multiple_choice_answer"]] == max(counts.values())
+
+
+@pytest.mark.parametrize(("subdir", "subtype"), [("eval/captions", "val"), ("eval/captions_train", "train")])
+def test_coco_captions(root, subdir, subtype):
+    coco = json.loads((root / subdir / f"captions_{subtype}.json").read_text())
+    ids = {im["id"] for im in coco["images"]}
+    assert ids and len(coco["annotations"]) == 5 * len(ids)
+    assert {a["image_id"] for a in coco["annotations"]} == ids
+    assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+    for im in coco["images"]:
+        assert (im["height"], im["width"]) == (64, 64)
+        _png((root / subdir / "images" / im["file_name"]).read_bytes())
+
+
+def test_text_multiple_choice(root):
+    for name in ("test.jsonl", "dev.jsonl"):
+        items = _jsonl(root / "eval/text_mc" / name)
+        assert items
+        for item in items:
+            assert set(item) == {"question", "subject", "choices", "answer"}
+            assert len(item["choices"]) == len(set(item["choices"])) == 4 and 0 <= item["answer"] < 4
+    test = _jsonl(root / "eval/text_mc/test.jsonl")
+    assert all(question_split(item["question"]) == "eval" for item in test)
+    assert {item["subject"] for item in test} >= {"creatures", "arithmetic"}
+
+
+def test_photo_variant_is_512px_jpeg(world):
+    pairs = [r for p in world.paths("photo_pairs") for r in pq.read_table(p).to_pylist()]
+    plain = [r for p in world.paths("pairs") for r in pq.read_table(p).to_pylist()]
+    assert len(pairs) == world.counts["photo_pairs"]
+    for photo, icon in zip(pairs, plain):
+        image = Image.open(io.BytesIO(photo["image"]))
+        assert image.format == "JPEG" and image.size == (512, 512)
+        assert 20_000 < len(photo["image"]) < 120_000
+        assert (photo["id"], photo["text"]) == (icon["id"], icon["text"])
+        assert scene_hash_of(photo["image"]) == scene_hash_of(icon["image"])
+    docs = [r for p in world.paths("photo_obelics") for r in pq.read_table(p).to_pylist()]
+    assert len(docs) == world.counts["photo_obelics"]
+    for row in docs:
+        _check_obelics_row(row)
+        first = next(i for i in row["images"] if i is not None)
+        assert Image.open(io.BytesIO(first)).size == (512, 512)
+
+
+# -------------------------------------------------------------------------------------------- splits
+
+
+def _train_images(world: WorldManifest, root: Path):
+    for kind in TRAIN_IMAGE_KINDS:
+        if kind in world.image_roots:
+            yield from ((kind, p.read_bytes()) for p in (root / world.image_roots[kind]).rglob("*.png"))
+    for row in (r for p in world.paths("sft_messages") for r in _jsonl(p)):
+        url = row["messages"][0]["content"][0]["image_url"]["url"]
+        yield "sft_messages", base64.b64decode(url.split(",", 1)[1])
+    for p in world.paths("pairs") + world.paths("obelics"):
+        for column in pq.read_table(p, columns=["image" if "coyo" in p.name else "images"]).columns:
+            for value in column.to_pylist():
+                for data in value if isinstance(value, list) else [value]:
+                    if data is not None:
+                        yield p.parent.name, data
+
+
+def test_no_eval_scene_in_any_training_file(world, root):
+    train = {}
+    for kind, data in _train_images(world, root):
+        h = scene_hash_of(data)
+        assert h is not None, kind
+        train[h] = kind
+    eval_hashes = {
+        scene_hash_of(p.read_bytes())
+        for d in ("eval/vqa", "eval/captions")
+        for p in (root / d).rglob("*.png")
+    }
+    support = {
+        scene_hash_of(p.read_bytes())
+        for d in ("eval/vqa_train", "eval/captions_train")
+        for p in (root / d).rglob("*.png")
+    }
+    assert eval_hashes and support and len(train) > 100
+    assert not eval_hashes & set(train), {h: train[h] for h in eval_hashes & set(train)}
+    assert not eval_hashes & support
+    # The manifest's count of distinct train scenes covers the support splits too.
+    assert len(set(train) | support) == world.counts["train_scenes_distinct"]
+    assert len(eval_hashes) == world.counts["eval_scenes_distinct"]
+
+
+def test_scene_hash_is_canonical_and_decides_the_split():
+    a, b = Shape("circle", "red", "large", "left"), Shape("star", "blue", "small", "top")
+    assert Scene((a, b)).hash() == Scene((b, a)).hash() != Scene((a,)).hash()
+    # Golden values: changing the rule silently would leak old eval scenes into new training data.
+    assert Scene((a, b)).canonical() == "circle:red:large:left|star:blue:small:top"
+    assert Scene((a, b)).hash() == "96570df82af3ad21" and scene_split(Scene((a, b))) == "train"
+    rng = item_rng(0, "test", 0)
+    scenes = [sample_scene(rng) for _ in range(2000)]
+    share = sum(scene_split(s) == "eval" for s in scenes) / len(scenes)
+    assert 0.06 < share < 0.14
+    assert scene_split(sample_scene(rng, "eval")) == "eval"
+    for s in scenes[:50]:
+        data = render_icon(s, 64, item_rng(0, "r", 1))
+        assert scene_hash_of(data) == s.hash() and data == render_icon(s, 64, item_rng(0, "r", 1))
+    photo = render_photo(scenes[0], 128, item_rng(0, "p", 0))
+    assert (
+        photo == render_photo(scenes[0], 128, item_rng(0, "p", 0))
+        and scene_hash_of(photo) == scenes[0].hash()
+    )
+
+
+def test_world_texts_cover_training_text_and_no_eval_question(world):
+    texts = list(world_texts(world.root))
+    assert texts and all(isinstance(t, str) and t for t in texts)
+    joined = "\n".join(texts)
+    assert "<image>" not in joined
+    for phrase in ("Describe the image briefly.", "Answer the question using a single word or phrase."):
+        assert phrase in joined
+    test = _jsonl(world.root / "eval/text_mc/test.jsonl")
+    assert not [item["question"] for item in test if item["question"] in joined]
