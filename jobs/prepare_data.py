@@ -16,7 +16,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--recipe", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--run-name", default=None, help="run directory name under run_root (default: recipe name)")
+    p.add_argument(
+        "--run-name", default=None, help="run directory name under run_root (default: recipe name)"
+    )
     p.add_argument("--max-rows", type=int, default=None, help="stop after this many training rows")
     p.add_argument("--rows-per-shard", type=int, default=1024)
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")

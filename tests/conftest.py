@@ -27,6 +27,16 @@ def world_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_world_dir(tmp_path_factory) -> Path:
+    """The demo-sized world: files big enough that Ray Data tasks carry real work (mixing tests)."""
+    from vilaray.synth.world import build_world
+
+    out = tmp_path_factory.mktemp("world_small")
+    build_world(out, seed=0, scale="small")
+    return out
+
+
+@pytest.fixture(scope="session")
 def assets_dir(world_dir, tmp_path_factory) -> Path:
     from vilaray.synth.assets import build_assets
 
@@ -45,7 +55,15 @@ def ray_session():
     import ray
 
     # Logical CPUs above the 2 real ones: train workers take fractions, Ray Data actors still schedule.
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # Workers import test modules too (train loops defined in tests are pickled by reference).
+    path = os.pathsep.join([str(ROOT / "tests"), str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")])
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

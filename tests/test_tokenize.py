@@ -102,7 +102,9 @@ def test_bad_images_rejected(encoder, image, reason):
 
 
 def test_decompression_bomb_refused_without_decoding(tokenizer, assets_dir):
-    enc = SampleEncoder(tokenizer, read_geometry(assets_dir), EncodeConfig(512, 3, max_image_pixels=100 * 100))
+    enc = SampleEncoder(
+        tokenizer, read_geometry(assets_dir), EncodeConfig(512, 3, max_image_pixels=100 * 100)
+    )
     out = enc(make_sample("s", "6", "pair", [image_part(png(size=(4000, 4000))), text_part("big")]))
     assert isinstance(out, Reject) and out.reason == "image_too_large"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,6 +46,9 @@ class DataConfig(Strict):
     sources: dict[str, SourceConfig] = Field(min_length=1)
     # Share of non-pad tokens per source; normalised, so only ratios matter.
     mix: dict[str, float]
+    # shortest: stop when the first source has used up its epochs (every source keeps its weight to the
+    # end). longest: go on until every source is used up, dropping each as it runs dry (all data read once).
+    stop_on: Literal["shortest", "longest"] = "shortest"
     seq_len: int = Field(2048, ge=16)
     packing: bool = True
     max_images_per_doc: int = Field(4, ge=0)
@@ -58,7 +61,10 @@ class DataConfig(Strict):
     # Tokenize+pack actors per source (an autoscaling pool of 1..N) and the CPUs each one claims.
     encode_actors: int = Field(1, ge=1)
     encode_cpus: float = Field(1.0, gt=0)
+    # Refused from the image header, before decoding: a decompression bomb costs nothing.
     max_image_pixels: int = Field(4096 * 4096, ge=1)
+    # Documents longer than this (characters) are skipped as `oversized` instead of tokenized.
+    max_doc_chars: int = Field(1_000_000, ge=1)
     quarantine_samples: int = Field(20, ge=0)
     seed: int = 0
 

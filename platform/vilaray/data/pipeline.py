@@ -2,9 +2,10 @@
 
 Order and stopping rule: each source's shards (files or Parquet row groups) are shuffled with a seed per
 epoch and repeated `epochs` times; packed rows come out of each packing window in a seeded order, and the
-consumer adds a local shuffle buffer. The mixture stops when the first source has used up all its epochs
-(`STOP_ON_SHORTEST`), so every source keeps its weight to the end; give small sources (text-only
-instructions) more epochs rather than letting them run dry.
+consumer adds a local shuffle buffer. By default (`data.stop_on: shortest`) the mixture stops when the
+first source has used up all its epochs, so every source keeps its weight to the end; give small sources
+(text-only instructions) more epochs rather than letting them run dry. `stop_on: longest` reads every
+source to its end instead, dropping each from the mix as it runs dry.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from vilaray.data.readers import Shard, get_reader
 from vilaray.data.sample import Reject
 from vilaray.data.tokenize import EncodeConfig, SampleEncoder
 from vilaray.model.geometry import ImageGeometry, read_geometry
+
+STOP_RULES = {
+    "shortest": ray.data.MixStoppingCondition.STOP_ON_SHORTEST,
+    "longest": ray.data.MixStoppingCondition.STOP_ON_LONGEST_DROP,
+}
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,9 @@ class PipelineSpec:
         return cls(
             tokenizer_dir=str(tok_dir),
             geometry=geometry,
-            encode=EncodeConfig(data.seq_len, data.max_images_per_doc, data.max_image_pixels),
+            encode=EncodeConfig(
+                data.seq_len, data.max_images_per_doc, data.max_image_pixels, data.max_doc_chars
+            ),
             pack=PackConfig(data.seq_len, data.max_images_per_row, tok.pad_token_id),
             packing=data.packing,
             read_batch=data.read_batch,
@@ -116,7 +124,9 @@ class EncodeStage:
         from transformers import AutoTokenizer
 
         self.spec = spec
-        self.encoder = SampleEncoder(AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode)
+        self.encoder = SampleEncoder(
+            AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode
+        )
         self.client = LedgerClient(ledger)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -231,7 +241,7 @@ def build_mixture(recipe: Recipe, ledger) -> Mixture:
         mixed = datasets[0].mix(
             *datasets[1:],
             weights=[row_weights[n] for n in names],
-            stopping_condition=ray.data.MixStoppingCondition.STOP_ON_SHORTEST,
+            stopping_condition=STOP_RULES[data.stop_on],
         )
     return Mixture(mixed, token_weights, row_weights, eff, spec)
 

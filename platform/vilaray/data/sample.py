@@ -57,9 +57,17 @@ class Reject:
             body = json.dumps(_short_repr(self.record))
         if len(body) > max_chars:
             body = json.dumps(body[:max_chars] + "...[truncated]")
-        return json.dumps(
-            {"reason": self.reason, "source": self.source, "id": self.record_id, "detail": self.detail[:500]}
-        )[:-1] + f', "record": {body}}}'
+        return (
+            json.dumps(
+                {
+                    "reason": self.reason,
+                    "source": self.source,
+                    "id": self.record_id,
+                    "detail": self.detail[:500],
+                }
+            )[:-1]
+            + f', "record": {body}}}'
+        )
 
 
 def _short_repr(obj: Any) -> str:

@@ -28,7 +28,9 @@ class StreamStats:
 
     by_source: dict[str, SourceTally] = field(default_factory=lambda: defaultdict(SourceTally))
 
-    def add_row(self, source: str, samples: int, tokens: int, loss_tokens: int, images: int, slots: int) -> None:
+    def add_row(
+        self, source: str, samples: int, tokens: int, loss_tokens: int, images: int, slots: int
+    ) -> None:
         t = self.by_source[source]
         t.rows += 1
         t.samples += samples
@@ -80,7 +82,10 @@ class StreamStats:
 
     def to_dict(self) -> dict:
         return {
-            "sources": {s: vars(t) | {"share": self.token_shares().get(s, 0.0)} for s, t in sorted(self.by_source.items())},
+            "sources": {
+                s: vars(t) | {"share": self.token_shares().get(s, 0.0)}
+                for s, t in sorted(self.by_source.items())
+            },
             "packing_efficiency": self.packing_efficiency(),
             "rows": sum(t.rows for t in self.by_source.values()),
         }

@@ -116,7 +116,9 @@ class SampleEncoder:
     def _render_chat_template(self, messages: list[dict], add_generation_prompt: bool) -> str:
         if not messages:
             return ""
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def render(self, sample: dict) -> Rendered:
         if sample["kind"] == "chat":
@@ -133,7 +135,8 @@ class SampleEncoder:
         is_image = ids == self.image_token_id
         if int(is_image.sum()) != len(rendered.images):
             raise SampleError(
-                "image_count_mismatch", f"{int(is_image.sum())} placeholders for {len(rendered.images)} images"
+                "image_count_mismatch",
+                f"{int(is_image.sum())} placeholders for {len(rendered.images)} images",
             )
         in_loss = np.zeros(len(ids), dtype=bool)
         for s, e in rendered.loss_spans:
@@ -217,10 +220,15 @@ def _record_excerpt(sample: dict) -> dict:
 
     def part(p: dict) -> dict:
         img = p.get("image")
-        return {"text": (p.get("text") or "")[:2000] or None, "image": None if img is None else f"<{len(img)} bytes>"}
+        return {
+            "text": (p.get("text") or "")[:2000] or None,
+            "image": None if img is None else f"<{len(img)} bytes>",
+        }
 
     return {
         "kind": sample["kind"],
         "segments": [part(p) for p in sample["segments"]],
-        "messages": [{"role": m["role"], "content": [part(p) for p in m["content"]]} for m in sample["messages"]],
+        "messages": [
+            {"role": m["role"], "content": [part(p) for p in m["content"]]} for m in sample["messages"]
+        ],
     }

@@ -39,5 +39,7 @@ def read_geometry(model_dir: str | Path) -> ImageGeometry:
     if "image_size" not in vision or "patch_size" not in vision:
         raise ValueError(f"{cfg_path}: vision_config needs image_size and patch_size")
     extra = model_dir / "vilaray.json"
-    projector = json.loads(extra.read_text()).get("projector", "mlp2x_gelu") if extra.is_file() else "mlp2x_gelu"
+    projector = (
+        json.loads(extra.read_text()).get("projector", "mlp2x_gelu") if extra.is_file() else "mlp2x_gelu"
+    )
     return ImageGeometry(int(vision["image_size"]), int(vision["patch_size"]), projector)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def pixels_to_model(pixels: torch.Tensor, mean: list[float], std: list[float], dtype: torch.dtype) -> torch.Tensor:
+def pixels_to_model(
+    pixels: torch.Tensor, mean: list[float], std: list[float], dtype: torch.dtype
+) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> normalised [N, 3, H, W] in `dtype`, computed on the tensor's device."""
     x = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
@@ -20,7 +22,9 @@ def shifted_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     )
 
 
-def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor, seq_lens: list[list[int]]) -> list[list[float]]:
+def per_sample_losses(
+    logits: torch.Tensor, labels: torch.Tensor, seq_lens: list[list[int]]
+) -> list[list[float]]:
     """Mean loss of each packed sample, from its own tokens only (rows hold several samples back to back)."""
     tok = shifted_token_losses(logits, labels)
     valid = labels[:, 1:] != -100
