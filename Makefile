@@ -16,11 +16,14 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
+# The venv gets vilaray's dependencies but not vilaray itself, like a cluster node: jobs import it from
+# platform/ (jobs/_bootstrap.py) and ship it to Ray workers in the runtime env. `pip install .` also works.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > $(VENV)/requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	touch $@
 
 demo: setup

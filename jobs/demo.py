@@ -22,14 +22,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     t0 = time.time()
-    build_world(recipe.data.root, seed=recipe.seed, scale="small")
-    build_assets(recipe.data.root, recipe.model.path)
+    data = recipe.data_for("pretrain")
+    build_world(data.root, seed=recipe.seed, scale="small")
+    build_assets(data.root, recipe.model.path)
     print(f"[demo] world + tiny assets ready in {time.time() - t0:.1f}s")
 
     # Logical CPUs above the physical ones: the demo runs 4 tokenizer actors plus read tasks on a laptop.
     init_ray(num_cpus=8)
     t0 = time.time()
-    result = prepare(recipe, Path(recipe.run_root) / "demo")
+    result = prepare(recipe, Path(recipe.run_root) / "demo", stage="pretrain")
     print(f"[demo] streamed the {recipe.name!r} mixture through Ray Data in {time.time() - t0:.1f}s")
     print(format_report(result.stats))
     print(f"[demo] shards + stats.json in {result.out_dir}")

@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     init_ray(args.address)
     run_dir = Path(recipe.run_root) / (args.run_name or recipe.name)
     try:
-        result = prepare(recipe, run_dir, args.max_rows, args.rows_per_shard)
-    except SourceError as e:
+        result = prepare(recipe, run_dir, args.max_rows, args.rows_per_shard, stage=args.stage)
+    except (SourceError, RecipeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(result.stats))

@@ -47,3 +47,17 @@ def test_malformed_override_and_missing_file(tmp_path):
         load_recipe(path, ["data.seq_len"])
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_staged_recipe_defaults_and_batch_check():
+    from pathlib import Path
+
+    tiny = Path(__file__).resolve().parent.parent / "jobs" / "recipes" / "tiny.yaml"
+    r = load_recipe(tiny, ["defaults.train.micro_batch_size=3", "stages.sft.train.grad_accum=2"])
+    assert list(r.stages) == ["align", "pretrain", "sft"]
+    assert r.stages["align"].train.micro_batch_size == 3 and r.stages["sft"].train.grad_accum == 2
+    assert r.stages["align"].data.seq_len == 1024  # from defaults
+    with pytest.raises(RecipeError, match="global_batch_size 10 != micro_batch_size"):
+        load_recipe(tiny, ["stages.align.train.global_batch_size=10"])
+    with pytest.raises(RecipeError, match="stages.pretrain.freeze: projector: mode lora is not allowed"):
+        load_recipe(tiny, ["stages.pretrain.freeze.projector.mode=lora"])

@@ -9,6 +9,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vilaray.model.spec import FreezeSchedule, ModelSpec
+from vilaray.train.spec import TrainConfig
+
 
 class RecipeError(ValueError):
     """A recipe that cannot run: raised before any work starts, naming the key at fault."""
@@ -61,6 +64,7 @@ class DataConfig(Strict):
     # Tokenize+pack actors per source (an autoscaling pool of 1..N) and the CPUs each one claims.
     encode_actors: int = Field(1, ge=1)
     encode_cpus: float = Field(1.0, gt=0)
+    read_cpus: float = Field(0.25, gt=0)
     # Refused from the image header, before decoding: a decompression bomb costs nothing.
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     # Documents longer than this (characters) are skipped as `oversized` instead of tokenized.
@@ -92,22 +96,64 @@ class DataConfig(Strict):
         """A source path relative to `root`, unless it is absolute or a URI."""
         if "://" in path or Path(path).is_absolute():
             return path
+        if "://" in self.root:
+            return self.root.rstrip("/") + "/" + path
         return str(Path(self.root) / path)
 
 
-class ModelConfig(Strict):
-    """Where the VLM (and its tokenizer) come from; the data pipeline reads image geometry from it."""
+class StageConfig(Strict):
+    """One training stage: its data mixture, which components train and how, and the optimisation."""
 
-    path: str = "artifacts/tiny-vlm"
-    tokenizer: str | None = None
+    data: DataConfig
+    freeze: FreezeSchedule = FreezeSchedule()
+    train: TrainConfig = TrainConfig()
 
 
 class Recipe(Strict):
     name: str
     seed: int = 0
-    model: ModelConfig = ModelConfig()
-    data: DataConfig
+    # The model the first stage starts from; stage N+1 starts from stage N's export.
+    model: ModelSpec = ModelSpec(path="artifacts/tiny-vlm")
+    # A data-only recipe (prepare_data, benchmarks) gives `data`; a training recipe gives ordered `stages`
+    # (each stage its own data). `defaults` in the YAML is merged under every stage before validation.
+    data: DataConfig | None = None
+    stages: dict[str, StageConfig] = Field(default_factory=dict)
     run_root: str = "runs"
+
+    @model_validator(mode="after")
+    def _has_data(self) -> Recipe:
+        if self.data is None and not self.stages:
+            raise ValueError("a recipe needs `data` or `stages`")
+        return self
+
+    def data_for(self, stage: str | None = None) -> DataConfig:
+        """The data section of `stage`, or the recipe's own (else the first stage's) when stage is None."""
+        if stage is not None:
+            if stage not in self.stages:
+                raise RecipeError(
+                    f"stage {stage!r} not in recipe {self.name!r}; stages are {list(self.stages)}"
+                )
+            return self.stages[stage].data
+        return self.data if self.data is not None else next(iter(self.stages.values())).data
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = (
+            merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        )
+    return out
+
+
+def _apply_defaults(raw: dict) -> dict:
+    defaults = raw.pop("defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise RecipeError("defaults: must be a mapping of stage sections")
+    stages = raw.get("stages") or {}
+    if isinstance(stages, dict):
+        raw["stages"] = {name: merge(defaults, body or {}) for name, body in stages.items()}
+    return raw
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -161,6 +207,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def recipe_from_dict(raw: dict, origin: str = "<dict>") -> Recipe:
+    raw = _apply_defaults(copy.deepcopy(raw))
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:

@@ -19,8 +19,16 @@ WORKER_ENV = {
 
 
 def runtime_env() -> dict:
-    """Ship the vilaray package itself with the job, so cluster nodes need only the dependencies."""
-    return {"py_modules": [str(Path(vilaray.__file__).parent)], "env_vars": dict(WORKER_ENV)}
+    """Ship the vilaray package itself with the job, so cluster nodes need only the dependencies.
+
+    Variables already in the driver's environment are left out: inside `ray job submit` they come from
+    the job's runtime env, which already reaches every worker, and Ray refuses to merge two runtime envs
+    that both set the same variable."""
+    env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    out: dict = {"py_modules": [str(Path(vilaray.__file__).parent)]}
+    if env:
+        out["env_vars"] = env
+    return out
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from vilaray.config import DataConfig, Recipe, SourceConfig
+from vilaray.config import DataConfig, Recipe, RecipeError, SourceConfig
 from vilaray.data import schema
 from vilaray.data.arrow import rows_to_table
 from vilaray.data.pack import PackConfig, pack_samples, packing_efficiency, single_rows
@@ -30,7 +30,7 @@ from vilaray.data.quarantine import LedgerClient
 from vilaray.data.readers import Shard, get_reader
 from vilaray.data.sample import Reject
 from vilaray.data.tokenize import EncodeConfig, SampleEncoder
-from vilaray.model.geometry import ImageGeometry, read_geometry
+from vilaray.model.geometry import ImageGeometry
 
 STOP_RULES = {
     "shortest": ray.data.MixStoppingCondition.STOP_ON_SHORTEST,
@@ -51,12 +51,14 @@ class PipelineSpec:
     seed: int
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe) -> PipelineSpec:
+    def from_recipe(cls, recipe: Recipe, data: DataConfig | None = None) -> PipelineSpec:
         from transformers import AutoTokenizer
 
-        data = recipe.data
-        tok_dir = recipe.model.tokenizer or recipe.model.path
-        geometry = read_geometry(recipe.model.path)
+        from vilaray.model.build import spec_geometry
+
+        data = data or recipe.data_for(None)
+        tok_dir = recipe.model.tokenizer or recipe.model.path or recipe.model.llm.path
+        geometry = spec_geometry(recipe.model)
         tok = AutoTokenizer.from_pretrained(tok_dir)
         if tok.pad_token_id is None:
             raise ValueError(f"tokenizer {tok_dir} has no pad token")
@@ -168,6 +170,7 @@ def source_dataset(
         functools.partial(read_stage, read_batch=spec.read_batch, ledger=ledger),
         batch_size=1,
         batch_format="pyarrow",
+        num_cpus=data.read_cpus,
     )
     ds = ds.map_batches(
         EncodeStage,
@@ -204,6 +207,21 @@ def pilot_efficiency(shards: list[Shard], spec: PipelineSpec, window: int, windo
     return packing_efficiency(sum(r["num_tokens"] for r in rows), len(rows), spec.pack.seq_len)
 
 
+def check_cpu_budget(data: DataConfig, n_sources: int) -> None:
+    """Tokenizer actors hold their CPUs for the whole stream; if they take every CPU, read tasks never
+    schedule and the pipeline waits forever. Refuse that up front, naming the keys to change."""
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0.0)
+    actors = n_sources * data.encode_actors * data.encode_cpus
+    if actors + data.read_cpus > total:
+        raise RecipeError(
+            f"data.encode_actors x data.encode_cpus x {n_sources} sources = {actors:g} CPUs for tokenizer "
+            f"actors, plus data.read_cpus {data.read_cpus:g} for a read task, exceeds the cluster's {total:g} "
+            f"CPUs: lower data.encode_cpus / data.encode_actors or add CPUs"
+        )
+
+
 @dataclass
 class Mixture:
     """The mixed, streaming dataset and what it promises: token weights and the row weights fed to `mix`."""
@@ -222,10 +240,10 @@ class Mixture:
         }
 
 
-def build_mixture(recipe: Recipe, ledger) -> Mixture:
+def build_mixture(recipe: Recipe, ledger, data: DataConfig | None = None) -> Mixture:
     """Plan every source (failing fast on unreadable ones), build each source's stream and mix them."""
-    data = recipe.data
-    spec = PipelineSpec.from_recipe(recipe)
+    data = data or recipe.data_for(None)
+    spec = PipelineSpec.from_recipe(recipe, data)
     token_weights = data.weights()
     plans = {name: plan_source(name, data.sources[name], data) for name in token_weights}
     # `mix` balances rows; a source whose rows are less full needs proportionally more rows to reach
@@ -235,6 +253,7 @@ def build_mixture(recipe: Recipe, ledger) -> Mixture:
     total = sum(raw.values())
     row_weights = {name: w / total for name, w in raw.items()}
     names = list(token_weights)
+    check_cpu_budget(data, len(names))
     datasets = [source_dataset(plans[n], data.sources[n], data, spec, ledger) for n in names]
     mixed = datasets[0]
     if len(datasets) > 1:

@@ -29,6 +29,7 @@ def prepare(
     max_rows: int | None = None,
     rows_per_shard: int = 1024,
     verbose: bool = False,
+    stage: str | None = None,
 ) -> PrepareResult:
     """Stream the mixture once and write it as `shard-00000.parquet`... under `<run_dir>/prepared`.
 
@@ -39,8 +40,9 @@ def prepare(
     prev_order = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True
     try:
-        ledger = QuarantineActor.remote(str(run_dir), recipe.data.quarantine_samples)
-        mixture = build_mixture(recipe, ledger)
+        data = recipe.data_for(stage)
+        ledger = QuarantineActor.remote(str(run_dir), data.quarantine_samples)
+        mixture = build_mixture(recipe, ledger, data)
         out_dir = run_dir / "prepared"
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob("shard-*.parquet"):
@@ -53,9 +55,10 @@ def prepare(
         ctx.execution_options.preserve_order = prev_order
     report = {
         "recipe": recipe.name,
-        "seed": recipe.data.seed,
-        "seq_len": recipe.data.seq_len,
-        "packing": recipe.data.packing,
+        "stage": stage,
+        "seed": data.seed,
+        "seq_len": data.seq_len,
+        "packing": data.packing,
         "mixture": mixture.describe(),
         "stream": stats.to_dict(),
         **skipped,

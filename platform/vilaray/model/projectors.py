@@ -23,6 +23,8 @@ class Projector(nn.Module):
     """Takes [n_images, grid*grid, vision_dim] patch features, returns [n_images, num_tokens, text_dim]."""
 
     name: str = ""
+    # Input width = the tower's hidden size x this (token-merging projectors concatenate patches).
+    in_multiple: int = 1
 
     @staticmethod
     def num_tokens(grid: int) -> int:
@@ -60,6 +62,8 @@ class Downsample2x2Projector(Projector):
     Odd grids are zero-padded on the right/bottom to even before merging, so a 27x27 SigLIP grid gives
     14x14 = 196 tokens.
     """
+
+    in_multiple = 4
 
     def __init__(self, vision_dim: int, text_dim: int):
         super().__init__()

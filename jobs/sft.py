@@ -1,0 +1,9 @@
+"""VILA stage 3 (SFT: VL instructions + text-only instructions), starting from the pretrain stage's export."""
+
+import sys
+
+import _bootstrap  # noqa: F401
+from vilaray.train.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(__doc__, default_stages=["sft"]))

@@ -1,0 +1,1 @@
+"""Ray Train worker loop, DeepSpeed strategy, checkpoints and the three-stage runner."""

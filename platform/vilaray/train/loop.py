@@ -1,0 +1,302 @@
+"""The Ray Train worker loop: build the model, run the strategy's steps, checkpoint, report, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from vilaray.config import StageConfig
+from vilaray.model.spec import ModelSpec
+from vilaray.train.loss import global_loss_tokens, step_scale, token_loss_sums
+from vilaray.train.metrics import MetricsLog, StepTimer
+
+log = logging.getLogger("vilaray.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training hit a NaN/inf loss; the message names the step and the sources of the batch."""
+
+
+@dataclass
+class StageJob:
+    """Everything a worker needs for one stage, in plain JSON-able fields (shipped to every rank)."""
+
+    stage: str
+    stage_config: dict
+    model_spec: dict
+    run_dir: str
+    export_dir: str
+    pad_id: int
+    image_size: int
+    prepared_shards: list[str] | None = None
+    record_sample_ids: bool = False
+
+    @property
+    def config(self) -> StageConfig:
+        return StageConfig.model_validate(self.stage_config)
+
+
+def _rank_world() -> tuple[int, int]:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _device() -> torch.device:
+    import ray.train.torch
+
+    return ray.train.torch.get_device()
+
+
+def _batches(job: StageJob, rank: int, world: int, skip_micro: int, seed: int):
+    from vilaray.train.batches import deterministic_batches, streaming_batches
+
+    cfg = job.config.train
+    if cfg.data_mode == "deterministic":
+        shards = [Path(p) for p in job.prepared_shards or []]
+        return deterministic_batches(
+            shards, rank, world, cfg.micro_batch_size, skip_micro, job.pad_id, job.image_size
+        )
+    return streaming_batches(
+        cfg.micro_batch_size, job.pad_id, job.image_size, job.config.data.local_shuffle_buffer, seed
+    )
+
+
+def _to_device(mb: dict, device: torch.device) -> dict:
+    return {
+        "input_ids": mb["input_ids"].to(device),
+        "position_ids": mb["position_ids"].to(device),
+        "pixel_values": mb["pixel_values"].to(device) if mb["pixel_values"].shape[0] else None,
+        "image_counts": mb["image_counts"].to(device),
+    }
+
+
+def _all_finite(value: torch.Tensor, device: torch.device) -> bool:
+    flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(flag)
+    return flag.item() == 0.0
+
+
+def build_for_stage(job: StageJob):
+    """The model with this stage's freezing applied, its tokenizer and the freezing report."""
+    from vilaray.model.build import build_model
+    from vilaray.model.freeze import apply_schedule
+
+    built = build_model(ModelSpec.model_validate(job.model_spec), torch.float32)
+    report = apply_schedule(built.model, job.config.freeze)
+    return built, report
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    from vilaray.model.freeze import format_table, param_groups
+    from vilaray.train.strategy import make_strategy
+
+    job = StageJob(**config["job"])
+    stage = job.config
+    cfg = stage.train
+    rank, world = _rank_world()
+    device = _device()
+    torch.manual_seed(cfg.seed)
+
+    built, report = build_for_stage(job)
+    model = built.model
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    if rank == 0:
+        import vilaray
+
+        log.warning("stage %s: vilaray loaded from %s", job.stage, Path(vilaray.__file__).parent)
+        log.warning("stage %s: what trains\n%s", job.stage, format_table(report))
+    _write_pid(job, rank)
+    strategy = make_strategy(cfg, world, device)
+    strategy.setup(model, param_groups(model, stage.freeze, cfg.lr, cfg.weight_decay))
+
+    start_step, consumed_micro = 0, 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = strategy.load(Path(d))
+        start_step, consumed_micro = int(state["step"]), int(state["consumed_micro_batches"])
+        if rank == 0:
+            log.warning("stage %s: resumed from step %d", job.stage, start_step)
+
+    # Streaming mode restarts its stream on resume; a new seed keeps it from replaying the same order.
+    batches = iter(_batches(job, rank, world, consumed_micro, cfg.seed + start_step))
+    metrics = MetricsLog(Path(job.run_dir), job.stage, enabled=rank == 0)
+    sample_log = _sample_log(job, rank)
+    step = start_step
+    timer = StepTimer()
+    last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+    held = None
+    while step < last_step:
+        timer.start_wait()
+        micro = _take(batches, cfg.grad_accum)
+        if micro is None:
+            break
+        timer.end_wait()
+        n_global = global_loss_tokens(micro, device)
+        scale = step_scale(world, cfg.grad_accum, n_global)
+        step_loss, by_source = 0.0, {}
+        for mb in micro:
+            out = strategy.forward(**_to_device(mb, device))
+            loss_sum, sources = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
+            if not _all_finite(loss_sum.detach(), device):
+                raise NonFiniteLoss(
+                    f"stage {job.stage}: non-finite loss at step {step + 1}; this rank's batch came from "
+                    f"{sorted(set(mb['sources']))} (samples {mb['sample_ids'][:4]}...)"
+                )
+            strategy.backward(loss_sum * scale)
+            strategy.step()
+            step_loss += float(loss_sum.detach()) / n_global
+            for s, (total, count) in sources.items():
+                acc = by_source.setdefault(s, [0.0, 0])
+                acc[0] += total
+                acc[1] += count
+        consumed_micro += cfg.grad_accum
+        step += 1
+        held = micro[0]
+        if sample_log is not None:
+            sample_log.write(
+                json.dumps({"step": step, "ids": [i for mb in micro for i in mb["sample_ids"]]}) + "\n"
+            )
+            sample_log.flush()
+        timer.end_step(
+            sum(int(mb["num_tokens"].sum()) for mb in micro), sum(mb["input_ids"].numel() for mb in micro)
+        )
+        row = {
+            "loss": _mean_over_ranks(step_loss * n_global, n_global, device),
+            "lr": strategy.lrs()[0],
+            "grad_norm": strategy.grad_norm(),
+            **_source_losses(by_source, device),
+            **timer.summary(world),
+        }
+        metrics.log(step, row, cfg.max_steps)
+        if step % cfg.checkpoint_every == 0 or step == last_step:
+            _checkpoint(strategy, step, consumed_micro, row)
+        elif step % cfg.log_every == 0:
+            ray.train.report({"step": step, **row})
+    metrics.close()
+    if step < cfg.max_steps and step == last_step:
+        return  # stopped at stop_at_step: the checkpoint above is where the next submission resumes
+    if step % cfg.checkpoint_every and step != last_step:
+        _checkpoint(strategy, step, consumed_micro, {"loss": float("nan")})
+    _export(strategy, built, job, rank)
+    if cfg.verify_export and held is not None:
+        _verify_export(strategy, job, held, device, rank)
+
+
+def _take(batches, n: int) -> list[dict] | None:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(batches))
+        except StopIteration:
+            return None
+    return out
+
+
+def _mean_over_ranks(loss_sum: float, n_global: int, device: torch.device) -> float:
+    t = torch.tensor([loss_sum], device=device, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return float(t.item()) / max(1, n_global)
+
+
+def _source_losses(by_source: dict[str, list], device: torch.device) -> dict[str, float]:
+    """Per-source mean loss over all ranks; sources are gathered so every rank reduces the same vector."""
+    names = sorted(by_source)
+    if dist.is_initialized():
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, names)
+        names = sorted({n for g in gathered for n in g})
+    vec = torch.tensor(
+        [[by_source.get(n, [0.0, 0])[0], by_source.get(n, [0.0, 0])[1]] for n in names],
+        dtype=torch.float64,
+        device=device,
+    )
+    if dist.is_initialized() and len(names):
+        dist.all_reduce(vec)
+    return {f"loss/{n}": float(vec[i, 0] / vec[i, 1]) if vec[i, 1] else math.nan for i, n in enumerate(names)}
+
+
+def _sample_log(job: StageJob, rank: int):
+    if not job.record_sample_ids:
+        return None
+    path = Path(job.run_dir) / job.stage / "samples" / f"rank{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("a")
+
+
+def _checkpoint(strategy, step: int, consumed_micro: int, row: dict) -> None:
+    """Every rank writes its part of the engine state into one directory and reports it; Ray Train only
+    registers the checkpoint once all ranks have, so a write that dies leaves the previous one loadable."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="vilaray-ckpt-") as tmp:
+        strategy.save(Path(tmp), {"step": step, "consumed_micro_batches": consumed_micro})
+        ray.train.report({"step": step, **row}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _export(strategy, built, job: StageJob, rank: int) -> None:
+    """Consolidate the weights (a collective under ZeRO-3) and write the transformers-format export."""
+    from vilaray.model.export import export
+
+    state = strategy.full_state_dict()
+    if rank == 0:
+        fresh, _ = build_for_stage(job)
+        fresh.model.load_state_dict(state)
+        export(fresh.model, fresh.tokenizer, job.export_dir)
+        (Path(job.export_dir) / "vilaray_stage.json").write_text(json.dumps({"stage": job.stage}, indent=2))
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _verify_export(strategy, job: StageJob, batch: dict, device: torch.device, rank: int) -> None:
+    """The export, reloaded by transformers, must give the engine's logits on a training batch."""
+    from transformers import AutoModelForImageTextToText
+
+    module = strategy.module
+    module.eval()
+    with torch.no_grad():
+        engine_logits = strategy.forward(**_to_device(batch, device)).logits.float().cpu()
+    if rank == 0:
+        exported = AutoModelForImageTextToText.from_pretrained(job.export_dir).eval()
+        pixels = batch["pixel_values"]
+        pixels = module.to_model_pixels(pixels).to(exported.dtype).cpu() if pixels.shape[0] else None
+        with torch.no_grad():
+            ref = exported(
+                input_ids=batch["input_ids"],
+                pixel_values=pixels,
+                position_ids=batch["position_ids"],
+                use_cache=False,
+            ).logits.float()
+        diff = float((ref - engine_logits).abs().max())
+        tol = job.config.train.export_tolerance
+        report = {"max_abs_logit_diff": diff, "tolerance": tol, "ok": diff <= tol}
+        (Path(job.run_dir) / job.stage / "export_check.json").write_text(json.dumps(report, indent=2))
+        if diff > tol:
+            raise RuntimeError(
+                f"export {job.export_dir} disagrees with training: max |logit diff| {diff} > {tol}"
+            )
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _write_pid(job: StageJob, rank: int) -> None:
+    """Each rank's pid, so operators (and the fault-injection test) can find a worker."""
+    import os
+
+    path = Path(job.run_dir) / job.stage / "pids" / f"rank{rank}.pid"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(os.getpid()))

@@ -1,0 +1,146 @@
+"""Stage runner: validate a stage before any worker starts, launch its TorchTrainer, chain stage exports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import ray
+
+from vilaray.config import Recipe, RecipeError
+from vilaray.model.spec import ModelSpec
+from vilaray.train.loop import StageJob, train_loop_per_worker
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Where a run lives: Ray Train's checkpoints under `storage`, metrics and exports under `run_dir`."""
+
+    run_name: str
+    storage: str
+    run_dir: Path
+
+    def export_dir(self, stage: str) -> Path:
+        return self.run_dir / stage / "export"
+
+    def trainer_name(self, stage: str) -> str:
+        return f"{self.run_name}-{stage}"
+
+
+def run_paths(recipe: Recipe, run_name: str | None, storage: str | None) -> RunPaths:
+    name = run_name or recipe.name
+    run_dir = Path(recipe.run_root).resolve() / name
+    return RunPaths(name, storage or str(run_dir / "ray"), run_dir)
+
+
+def _absolute(path: str | None) -> str | None:
+    """Ray Train workers run in their own directories: relative paths must be fixed on the driver."""
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).resolve())
+
+
+def absolute_recipe(recipe: Recipe) -> Recipe:
+    model = recipe.model.model_copy(
+        update={"path": _absolute(recipe.model.path), "tokenizer": _absolute(recipe.model.tokenizer)}
+    )
+    stages = {
+        name: st.model_copy(update={"data": st.data.model_copy(update={"root": _absolute(st.data.root)})})
+        for name, st in recipe.stages.items()
+    }
+    return recipe.model_copy(update={"model": model, "stages": stages})
+
+
+def stage_model(recipe: Recipe, stage: str, paths: RunPaths) -> ModelSpec:
+    """Stage 1 starts from the recipe's model; stage N+1 from stage N's export, which must exist."""
+    names = list(recipe.stages)
+    idx = names.index(stage)
+    if idx == 0:
+        spec = recipe.model
+        if spec.path is not None and not (Path(spec.path) / "config.json").is_file():
+            raise RecipeError(
+                f"model.path {spec.path!r} has no config.json (build it with jobs/make_world.py?)"
+            )
+        return spec
+    prev = paths.export_dir(names[idx - 1])
+    if not (prev / "config.json").is_file():
+        raise RecipeError(
+            f"stage {stage!r} starts from stage {names[idx - 1]!r}'s export, which does not exist at {prev}; "
+            f"run that stage first"
+        )
+    return ModelSpec(path=str(prev), attn_implementation=recipe.model.attn_implementation)
+
+
+def validate_stage(recipe: Recipe, stage: str, spec: ModelSpec) -> None:
+    """Cheap checks on the driver: the model's shapes fit (meta device) and the data's sources plan."""
+    from vilaray.data.pipeline import plan_source
+    from vilaray.model.build import build_on_meta
+
+    build_on_meta(spec)
+    data = recipe.stages[stage].data
+    for name in data.weights():
+        plan_source(name, data.sources[name], data)
+
+
+def run_stage(recipe: Recipe, stage: str, paths: RunPaths, record_sample_ids: bool = False) -> Path:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from vilaray.data.pipeline import build_mixture
+    from vilaray.data.prepare import prepare
+    from vilaray.data.quarantine import QuarantineActor
+
+    if stage not in recipe.stages:
+        raise RecipeError(f"stage {stage!r} not in recipe; stages are {list(recipe.stages)}")
+    recipe = absolute_recipe(recipe)
+    cfg = recipe.stages[stage]
+    spec = stage_model(recipe, stage, paths)
+    validate_stage(recipe, stage, spec)
+    stage_dir = paths.run_dir / stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    data_recipe = recipe.model_copy(update={"model": spec})
+    ledger = QuarantineActor.remote(str(stage_dir), cfg.data.quarantine_samples)
+    mixture = build_mixture(data_recipe, ledger, cfg.data)
+    datasets, shards = {"train": mixture.dataset}, None
+    if cfg.train.data_mode == "deterministic":
+        prepared = stage_dir / "prepared"
+        if not (prepared / "stats.json").is_file():
+            prepare(data_recipe, stage_dir, stage=stage)
+        shards = [str(p) for p in sorted(prepared.glob("shard-*.parquet"))]
+        datasets = {}
+    job = StageJob(
+        stage=stage,
+        stage_config=cfg.model_dump(mode="json", exclude_unset=True),
+        model_spec=spec.model_dump(mode="json", exclude_unset=True),
+        run_dir=str(paths.run_dir),
+        export_dir=str(paths.export_dir(stage)),
+        pad_id=mixture.spec.pack.pad_id,
+        image_size=mixture.spec.geometry.image_size,
+        prepared_shards=shards,
+        record_sample_ids=record_sample_ids,
+    )
+    (stage_dir / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
+    t = cfg.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": dataclasses.asdict(job)},
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        datasets=datasets,
+        run_config=RunConfig(
+            storage_path=paths.storage,
+            name=paths.trainer_name(stage),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+        ),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo", timeout_s=t.collective_timeout_s),
+    )
+    trainer.fit()
+    ray.get(ledger.write_summary.remote())
+    return paths.export_dir(stage)
+
+
+def run_stages(recipe: Recipe, stages: list[str], paths: RunPaths, **kw) -> dict[str, Path]:
+    return {stage: run_stage(recipe, stage, paths, **kw) for stage in stages}

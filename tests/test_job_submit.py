@@ -1,0 +1,96 @@
+"""`ray job submit --working-dir . -- python jobs/pretrain.py ...` against a `ray start --head` cluster whose
+Python cannot import vilaray: the job must ship the library in its runtime environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def stop_cluster(head: subprocess.Popen, temp_dir: Path) -> None:
+    """Stop only this cluster's processes (`ray stop` would kill every Ray on the machine)."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    mine = str(temp_dir)
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(mine in part for part in p.info["cmdline"] or []):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def test_job_submit_ships_vilaray_to_a_cluster_without_it(tmp_path, world_dir, assets_dir):
+    env = cluster_env()
+    probe = subprocess.run(
+        [sys.executable, "-c", "import vilaray"], env=env, cwd=tmp_path, capture_output=True
+    )
+    assert probe.returncode != 0, "this test needs a Python where vilaray is not installed (see Makefile)"
+
+    temp_dir = Path("/tmp") / f"vr-{os.getpid()}"  # short: Ray's socket paths have a length limit
+    port, dash = free_port(), free_port()
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+         "--include-dashboard=true", f"--temp-dir={temp_dir}", "--num-cpus=4", "--disable-usage-stats"],
+        env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([str(BIN / "ray"), "job", "list", f"--address={address}"], env=env,
+                             capture_output=True).returncode:  # fmt: skip
+            assert time.time() < deadline, "the head node did not come up"
+            time.sleep(2)
+        overrides = {
+            "model.path": str(assets_dir),
+            "defaults.data.root": str(world_dir),
+            "defaults.data.encode_cpus": 0.5,
+            "run_root": str(tmp_path / "runs"),
+            "stages.align.train.max_steps": 2,
+            "stages.align.train.num_workers": 1,
+            "stages.align.train.checkpoint_every": 2,
+        }
+        runtime_env = {"excludes": [".venv", ".git", "/artifacts", "/runs", "__pycache__"]}
+        cmd = [str(BIN / "ray"), "job", "submit", f"--address={address}", "--working-dir", str(ROOT),
+               "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/pretrain.py",
+               "--recipe", "jobs/recipes/tiny.yaml", "--stage", "align"]  # fmt: skip
+        for k, v in overrides.items():
+            cmd += ["--set", f"{k}={v}"]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        logs = out.stdout + out.stderr
+        assert out.returncode == 0, logs[-4000:]
+        assert "succeeded" in logs
+        # Workers imported vilaray from the job's runtime environment, not from an installed package.
+        assert "vilaray loaded from" in logs and "runtime_resources" in logs, logs[-4000:]
+        assert (tmp_path / "runs" / "tiny" / "align" / "export" / "config.json").is_file()
+    finally:
+        stop_cluster(head, temp_dir)
