@@ -3,6 +3,7 @@ Python cannot import vilaray: the job must ship the library in its runtime envir
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,10 +37,8 @@ def cluster_env() -> dict:
 
 def stop_cluster(head: subprocess.Popen, temp_dir: Path) -> None:
     """Stop only this cluster's processes (`ray stop` would kill every Ray on the machine)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     mine = str(temp_dir)
     for p in psutil.process_iter(["cmdline"]):
         try:
