@@ -204,7 +204,7 @@ def test_zero3_lora_downsample_text_only_rank_and_export_parity(ray_session, wor
         for f in (stage_dir / "samples").glob("rank*.jsonl")
     }
     text_ids = {i for r in text_only for i in r["sample_ids"]}
-    assert all(i in text_ids for ids in per_rank[1] for i in ids)
+    assert all(i in text_ids for step_rows in per_rank[1] for row in step_rows for i in row)
     check = json.loads((stage_dir / "export_check.json").read_text())
     assert check["ok"] and check["max_abs_logit_diff"] <= 1e-5
     meta = json.loads((stage_dir / "export" / "vilaray.json").read_text())

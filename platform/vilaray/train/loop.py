@@ -257,7 +257,9 @@ def _export(strategy, built, job: StageJob, rank: int) -> None:
         fresh, _ = build_for_stage(job)
         fresh.model.load_state_dict(state)
         export(fresh.model, fresh.tokenizer, job.export_dir)
-        (Path(job.export_dir) / "vilaray_stage.json").write_text(json.dumps({"stage": job.stage}, indent=2))
+        prov = Path(job.run_dir) / job.stage / "provenance.json"
+        if prov.is_file():
+            (Path(job.export_dir) / "provenance.json").write_text(prov.read_text())
     if dist.is_initialized():
         dist.barrier()
 

@@ -11,6 +11,7 @@ import ray
 from vilaray.config import Recipe, RecipeError
 from vilaray.model.spec import ModelSpec
 from vilaray.train.loop import StageJob, train_loop_per_worker
+from vilaray.train.provenance import provenance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ def run_stage(recipe: Recipe, stage: str, paths: RunPaths, record_sample_ids: bo
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from vilaray.data.pipeline import build_mixture
+    from vilaray.data.pipeline import build_mixture, plan_source
     from vilaray.data.prepare import prepare
     from vilaray.data.quarantine import QuarantineActor
 
@@ -120,7 +121,11 @@ def run_stage(recipe: Recipe, stage: str, paths: RunPaths, record_sample_ids: bo
         prepared_shards=shards,
         record_sample_ids=record_sample_ids,
     )
-    (stage_dir / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
+    data_files = [sh.path for name in cfg.data.weights() for sh in plan_source(name, cfg.data.sources[name], cfg.data)]
+    prov = provenance(
+        recipe.model_dump(mode="json"), stage, {"data": cfg.data.seed, "train": cfg.train.seed}, data_files
+    )
+    (stage_dir / "provenance.json").write_text(json.dumps(prov, indent=2))
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
