@@ -84,7 +84,7 @@ def test_job_submit_ships_vilaray_to_a_cluster_without_it(tmp_path, world_dir, a
                "--recipe", "jobs/recipes/tiny.yaml", "--stage", "align"]  # fmt: skip
         for k, v in overrides.items():
             cmd += ["--set", f"{k}={v}"]
-        for _ in range(30):
+        for _ in range(90):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             logs = out.stdout + out.stderr
             # The head answers before its job agent has registered; submitting then is refused.
