@@ -60,11 +60,9 @@ class DataConfig(Strict):
     # Rows per block after packing; micro-batch sized so `mix` interleaves sources within a batch.
     block_rows: int = Field(4, ge=1)
     local_shuffle_buffer: int = Field(64, ge=0)
-    read_batch: int = Field(64, ge=1)  # samples per table a reader emits
-    # Tokenize+pack actors per source (an autoscaling pool of 1..N) and the CPUs each one claims.
+    # Read+tokenize+pack actors per source (an autoscaling pool of 1..N) and the CPUs each one claims.
     encode_actors: int = Field(1, ge=1)
     encode_cpus: float = Field(1.0, gt=0)
-    read_cpus: float = Field(0.25, gt=0)
     # Refused from the image header, before decoding: a decompression bomb costs nothing.
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     # Documents longer than this (characters) are skipped as `oversized` instead of tokenized.

@@ -10,7 +10,6 @@ source to its end instead, dropping each from the mix as it runs dry.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -47,7 +46,6 @@ class PipelineSpec:
     encode: EncodeConfig
     pack: PackConfig
     packing: bool
-    read_batch: int
     seed: int
 
     @classmethod
@@ -70,7 +68,6 @@ class PipelineSpec:
             ),
             pack=PackConfig(data.seq_len, data.max_images_per_row, tok.pad_token_id),
             packing=data.packing,
-            read_batch=data.read_batch,
             seed=data.seed,
         )
 
@@ -100,41 +97,33 @@ def iter_shard_samples(shard: Shard, client: LedgerClient) -> Iterator[dict]:
             yield item
 
 
-def read_stage(batch: pa.Table, read_batch: int, ledger) -> Iterator[pa.Table]:
-    """Ray Data task: one shard row in, canonical-sample tables out (rejects go to the ledger)."""
-    client = LedgerClient(ledger)
-    for shard_json in batch.column("shard").to_pylist():
-        buf: list[dict] = []
-        for sample in iter_shard_samples(Shard.from_row(json.loads(shard_json)), client):
-            buf.append(sample)
-            if len(buf) >= read_batch:
-                yield rows_to_table(buf, schema.CANONICAL)
-                buf = []
-        if buf:
-            yield rows_to_table(buf, schema.CANONICAL)
-    client.flush()
-
-
 class EncodeStage:
-    """Ray Data actor: loads the tokenizer once; one packing window of canonical samples in, training rows out.
+    """Ray Data actor: loads the tokenizer once, then per shard row reads the shard, tokenizes and packs.
 
-    Tokenizing and packing in the same call keeps each window's samples in one process (no extra hop
-    through the object store), and the window is simply the batch Ray Data hands over.
+    Reading inside the actor keeps raw samples (encoded image bytes and all) out of the object store:
+    only packed training rows leave the process, and no separate read tasks compete with the actors for
+    CPUs. A shard is packed in windows of `pack_window` samples; its last, partial window is packed too,
+    so nothing is held back across calls (an actor has no end-of-stream hook to flush it).
     """
 
-    def __init__(self, spec: PipelineSpec, ledger):
+    def __init__(self, spec: PipelineSpec, ledger, pack_window: int):
         from transformers import AutoTokenizer
 
         self.spec = spec
+        self.window = pack_window
         self.encoder = SampleEncoder(
             AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode
         )
         self.client = LedgerClient(ledger)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        samples = encode_rows(self.encoder, batch.to_pylist(), self.client)
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for shard_json in batch.column("shard").to_pylist():
+            samples = iter_shard_samples(Shard.from_row(json.loads(shard_json)), self.client)
+            while window := list(itertools.islice(samples, self.window)):
+                rows = pack_rows(encode_rows(self.encoder, window, self.client), self.spec)
+                if rows:
+                    yield rows_to_table(rows, schema.ROW)
         self.client.flush()
-        return rows_to_table(pack_rows(samples, self.spec), schema.ROW)
 
 
 def encode_rows(encoder: SampleEncoder, samples: list[dict], client: LedgerClient) -> list[dict]:
@@ -167,15 +156,9 @@ def source_dataset(
     rows = shard_schedule(shards, src.epochs, data.seed)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(
-        functools.partial(read_stage, read_batch=spec.read_batch, ledger=ledger),
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=data.read_cpus,
-    )
-    ds = ds.map_batches(
         EncodeStage,
-        fn_constructor_args=(spec, ledger),
-        batch_size=data.pack_window,
+        fn_constructor_args=(spec, ledger, data.pack_window),
+        batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.encode_actors),
         num_cpus=data.encode_cpus,
@@ -208,17 +191,17 @@ def pilot_efficiency(shards: list[Shard], spec: PipelineSpec, window: int, windo
 
 
 def check_cpu_budget(data: DataConfig, n_sources: int) -> None:
-    """Tokenizer actors hold their CPUs for the whole stream; if they take every CPU, read tasks never
-    schedule and the pipeline waits forever. Refuse that up front, naming the keys to change."""
+    """Tokenizer actors hold their CPUs for the whole stream; refuse a recipe whose sources cannot each
+    get one, naming the keys to change, instead of waiting forever."""
     if not ray.is_initialized():
         return
     total = ray.cluster_resources().get("CPU", 0.0)
-    actors = n_sources * data.encode_actors * data.encode_cpus
-    if actors + data.read_cpus > total:
+    # One actor per source must be able to start, or that source's stream never begins.
+    needed = n_sources * data.encode_cpus
+    if needed > total:
         raise RecipeError(
-            f"data.encode_actors x data.encode_cpus x {n_sources} sources = {actors:g} CPUs for tokenizer "
-            f"actors, plus data.read_cpus {data.read_cpus:g} for a read task, exceeds the cluster's {total:g} "
-            f"CPUs: lower data.encode_cpus / data.encode_actors or add CPUs"
+            f"{n_sources} sources x data.encode_cpus {data.encode_cpus:g} = {needed:g} CPUs for one tokenizer "
+            f"actor per source exceeds the cluster's {total:g} CPUs: lower data.encode_cpus or add CPUs"
         )
 
 
