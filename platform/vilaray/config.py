@@ -57,6 +57,8 @@ class DataConfig(Strict):
     max_images_per_doc: int = Field(4, ge=0)
     max_images_per_row: int = Field(8, ge=1)
     pack_window: int = Field(256, ge=1)
+    # Shard rows (files / row groups) one actor call reads; packing windows span them.
+    shards_per_call: int = Field(4, ge=1)
     # Rows per block after packing; micro-batch sized so `mix` interleaves sources within a batch.
     block_rows: int = Field(4, ge=1)
     local_shuffle_buffer: int = Field(64, ge=0)

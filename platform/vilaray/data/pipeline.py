@@ -98,11 +98,11 @@ def iter_shard_samples(shard: Shard, client: LedgerClient) -> Iterator[dict]:
 
 
 class EncodeStage:
-    """Ray Data actor: loads the tokenizer once, then per shard row reads the shard, tokenizes and packs.
+    """Ray Data actor: loads the tokenizer once; each call reads `shards_per_call` shards, tokenizes and packs.
 
     Reading inside the actor keeps raw samples (encoded image bytes and all) out of the object store:
     only packed training rows leave the process, and no separate read tasks compete with the actors for
-    CPUs. A shard is packed in windows of `pack_window` samples; its last, partial window is packed too,
+    CPUs. Samples are packed in windows of `pack_window`; the call's last, partial window is packed too,
     so nothing is held back across calls (an actor has no end-of-stream hook to flush it).
     """
 
@@ -117,12 +117,13 @@ class EncodeStage:
         self.client = LedgerClient(ledger)
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        for shard_json in batch.column("shard").to_pylist():
-            samples = iter_shard_samples(Shard.from_row(json.loads(shard_json)), self.client)
-            while window := list(itertools.islice(samples, self.window)):
-                rows = pack_rows(encode_rows(self.encoder, window, self.client), self.spec)
-                if rows:
-                    yield rows_to_table(rows, schema.ROW)
+        # Windows run across the call's shards, so small shards (a few dozen documents) still pack well.
+        shards = [Shard.from_row(json.loads(row)) for row in batch.column("shard").to_pylist()]
+        samples = itertools.chain.from_iterable(iter_shard_samples(sh, self.client) for sh in shards)
+        while window := list(itertools.islice(samples, self.window)):
+            rows = pack_rows(encode_rows(self.encoder, window, self.client), self.spec)
+            if rows:
+                yield rows_to_table(rows, schema.ROW)
         self.client.flush()
 
 
@@ -158,7 +159,7 @@ def source_dataset(
     ds = ds.map_batches(
         EncodeStage,
         fn_constructor_args=(spec, ledger, data.pack_window),
-        batch_size=1,
+        batch_size=data.shards_per_call,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.encode_actors),
         num_cpus=data.encode_cpus,
