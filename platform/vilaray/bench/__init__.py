@@ -1,0 +1,48 @@
+"""Benchmarks run by `jobs/benchmark.py <name>`, each measured against a baseline in the same run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class BenchReport(Protocol):
+    """What every benchmark returns: a table for people, a dict for the JSON file, and the failed floors."""
+
+    failures: list[str]
+
+    def table(self) -> str: ...
+
+    def to_dict(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered benchmark: its options are the fields of `config` (a dataclass), `run` measures."""
+
+    name: str
+    summary: str
+    config: type
+    run: Callable[[Any], BenchReport]
+    default_out: str
+    ray_cpus: float | None = None  # logical CPUs of a local Ray (None: one per core)
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register(bench: Benchmark) -> Benchmark:
+    BENCHMARKS[bench.name] = bench
+    return bench
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise KeyError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}") from None
+
+
+# Benchmark modules register themselves on import (`train` and `eval` join here).
+from vilaray.bench import data  # noqa: E402,F401

@@ -1,0 +1,41 @@
+"""Smoke test of the data benchmark on the tiny photo corpus: the report has its fields and sane values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+def test_data_benchmark_reports_throughput_and_packing(ray_session, tmp_path):
+    from vilaray.bench import get_benchmark
+    from vilaray.bench.data import DataBenchConfig
+
+    cfg = DataBenchConfig(
+        root=str(tmp_path), scale="tiny", pair_epochs=2, doc_epochs=2, pack_window=16, bracket=False
+    )
+    report = get_benchmark("data").run(cfg)
+    out = json.loads(json.dumps(report.to_dict()))  # the JSON file's content, round-tripped
+
+    # 4 photo pairs and 2 photo docs in the tiny world, each read twice; none is rejected.
+    naive = out["naive"]["end_to_end"]
+    assert naive["samples"] == 12 and naive["images"] > 0 and naive["tokens"] > naive["samples"]
+    pipe = out["pipeline"]["end_to_end"]
+    assert 0 < pipe["samples"] <= naive["samples"]  # the mix stops when the first source runs dry
+    assert out["pipeline"]["by_source"] and out["pipeline"]["skipped"] == {}
+    for side in ("naive", "pipeline"):
+        for span in ("end_to_end", "steady"):
+            assert out[side][span]["seconds"] >= 0
+    for which in ("steady", "end_to_end"):
+        assert set(out["ratios"][which]) == {"samples_per_s", "tokens_per_s", "images_per_s"}
+        assert all(r >= 0 and not math.isnan(r) for r in out["ratios"][which].values())
+
+    packing = out["packing"]
+    for key in ("packed", "padded", "pipeline"):
+        assert 0 < packing[key] <= 1
+    assert packing["seq_len"] == 2048 and packing["pad_batch"] == 8
+    assert set(packing["by_source"]) == {"photo_pairs", "photo_docs"}
+
+    machine = out["machine"]
+    assert machine["cpu_count"] >= 1 and machine["ray"] and machine["torch"]
+    assert out["passed"] == (not out["failures"])  # speed is the benchmark's verdict, not this test's
+    assert "steady state" in report.table()
