@@ -14,8 +14,8 @@ from vilaray.runtime import init_ray
 # Two settings of a local Ray, set before it starts (export either variable to override):
 # - Ray starts its workers at nice 15 and the driver (so the naive baseline) at 0: on a shared machine the
 #   baseline would win every contended time slice. Same priority on both sides.
-# - Ray kills a task worker that idles for 1 s while idle workers outnumber the free CPUs; every new
-#   worker re-imports vilaray (seconds of CPU), so bursty read tasks churn workers. Keep idle ones.
+# - Ray kills a task worker that idles for 1 s while idle workers outnumber the free CPUs, and starts a
+#   new process (seconds of CPU on 2 cores) for the next burst of tasks. Keep idle ones instead.
 os.environ.setdefault("RAY_worker_niceness", "0")
 os.environ.setdefault("RAY_num_workers_soft_limit", "16")
 

@@ -46,6 +46,14 @@ def fresh_run(paths, stages: list[str]) -> None:
             shutil.rmtree(d)
 
 
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars: on 2 cores redrawing them costs CPU, and they bury the loss lines."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+
+
 def loss_curve(stage_dir: Path) -> str:
     """First and last logged loss of a stage, from the rank-0 metrics log."""
     rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines() if line]
@@ -70,6 +78,7 @@ def main(argv=None) -> int:
     # Logical CPUs above the physical ones, so Ray Data's tokenizer actors and read tasks can be scheduled
     # beside the train workers on a 2-core laptop (they mostly take turns anyway).
     init_ray(num_cpus=8)
+    quiet_ray_data()
     paths = run_paths(recipe, RUN_NAME, None)
     result = prepare(recipe, paths.run_dir, stage="pretrain")
     print(format_report(result.stats))

@@ -57,9 +57,17 @@ def test_job_submit_ships_vilaray_to_a_cluster_without_it(tmp_path, world_dir, a
 
     temp_dir = Path("/tmp") / f"vr-{os.getpid()}"  # short: Ray's socket paths have a length limit
     port, dash = free_port(), free_port()
+    # Every port of its own: the test session's Ray already holds the defaults (e.g. the agent's 52365).
+    ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+            "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+        )
+    ]  # fmt: skip
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         "--include-dashboard=true", f"--temp-dir={temp_dir}", "--num-cpus=4", "--disable-usage-stats"],
+         "--include-dashboard=true", f"--temp-dir={temp_dir}", "--num-cpus=4", "--disable-usage-stats", *ports],
         env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dash}"
@@ -84,7 +92,7 @@ def test_job_submit_ships_vilaray_to_a_cluster_without_it(tmp_path, world_dir, a
                "--recipe", "jobs/recipes/tiny.yaml", "--stage", "align"]  # fmt: skip
         for k, v in overrides.items():
             cmd += ["--set", f"{k}={v}"]
-        for _ in range(90):
+        for _ in range(30):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             logs = out.stdout + out.stderr
             # The head answers before its job agent has registered; submitting then is refused.

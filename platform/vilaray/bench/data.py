@@ -65,8 +65,11 @@ class DataBenchConfig:
         default=True, metadata={"help": "time the naive loop before and after the pipeline"}
     )
     min_packing: float = field(default=0.95, metadata={"help": "floor on packing efficiency"})
+    # Guards the steady-state figure: rows that pile up before the first one reaches the consumer arrive
+    # in a flush faster than the pipeline produces. Streaming runs here covered 43-75% of their run
+    # (start-up is the rest); runs that flushed a backlog covered 3-36%.
     min_streaming: float = field(
-        default=0.5, metadata={"help": "share of the pipeline's run its steady window must cover"}
+        default=0.4, metadata={"help": "share of the pipeline's run its steady window must cover"}
     )
     seed: int = 0
     stats: bool = field(default=False, metadata={"help": "print Ray Data's per-operator stats"})

@@ -36,8 +36,6 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
     log_every: int = Field(10, ge=1)
-    val_every: int = Field(0, ge=0)
-    val_batches: int = Field(4, ge=1)
     # End this invocation after this step (checkpointing first), e.g. to fit a scheduler's time slot;
     # the next submission with the same run name resumes from there. The LR schedule still spans max_steps.
     stop_at_step: int | None = Field(None, ge=1)
