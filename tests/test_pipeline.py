@@ -215,8 +215,14 @@ def test_mixture_streams_into_torchtrainer_with_token_shares(
     # Each rank gets an equal share of the rows (the last partial batch is dropped on both).
     assert ranks[0]["steps"] * batch_size * 2 > rows - 2 * batch_size
     weights = recipe.data.weights()
+    # The mixed stream is deterministic in rows per source, but which 4-row block goes to which rank is decided by
+    # arrival timing, so one rank's share wanders by about +-0.015 (1 sigma over ~1250 blocks); the two ranks
+    # together see the whole stream, whose token shares are what the weights promise.
+    tokens = {s: sum(r["sources"][s]["tokens"] for r in ranks) for s in weights}
+    shares = {s: t / sum(tokens.values()) for s, t in tokens.items()}
+    for source, w in weights.items():
+        assert abs(shares[source] - w) < 0.02, (source, shares, weights)
     for r in ranks:
-        shares = {s: v["share"] for s, v in r["sources"].items()}
-        assert set(shares) == set(weights)
+        assert set(r["sources"]) == set(weights)
         for source, w in weights.items():
-            assert abs(shares[source] - w) < 0.02, (source, shares, weights)
+            assert abs(r["sources"][source]["share"] - w) < 0.08, (source, r["sources"], weights)
