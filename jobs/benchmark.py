@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="benchmark", required=True)
     for bench in BENCHMARKS.values():
-        bp = sub.add_parser(bench.name, help=bench.summary, description=bench.summary)
+        bp = sub.add_parser(
+            bench.name,
+            help=bench.summary.splitlines()[0],
+            description=bench.summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_config_flags(bp, bench.config)
         bp.add_argument("--out", default=bench.default_out, help="JSON report (default: %(default)s)")
         bp.add_argument(

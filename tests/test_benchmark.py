@@ -39,3 +39,28 @@ def test_data_benchmark_reports_throughput_and_packing(ray_session, tmp_path):
     assert machine["cpu_count"] >= 1 and machine["ray"] and machine["torch"]
     assert out["passed"] == (not out["failures"])  # speed is the benchmark's verdict, not this test's
     assert "steady state" in report.table()
+
+
+def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, tmp_path):
+    """The harness on the CPU-sized shape: every variant x packing measured, ratios and FLOPs filled in."""
+    from vilaray.bench import get_benchmark
+    from vilaray.bench.train import TrainBenchConfig
+
+    cfg = TrainBenchConfig(
+        shape="tiny", rows=2, seq_len=128, steps=2, warmup=1, zero_stages="2", lengths_root=str(tmp_path)
+    )
+    report = get_benchmark("train").run(cfg)
+    out = json.loads(json.dumps(report.to_dict()))
+    variants = {(r["variant"], r["packing"]) for r in out["results"]}
+    assert variants == {
+        (v, p) for v in ("plain fp32", "plain pure-bf16", "ray-train deepspeed zero2") for p in (True, False)
+    }
+    for r in out["results"]:
+        assert r["step_s"] > 0 and r["tokens_per_s"] == 2 * 128 / r["step_s"]
+        assert math.isfinite(r["final_loss"]) and r["tflops"] > 0
+        assert r["vs_plain_same_precision"] > 0 and r["vs_plain_pure_bf16"] > 0
+    # Packed rows hold several documents, so their attention term (and FLOPs) is below the unpacked rows'.
+    by = {(r["variant"], r["packing"]): r for r in out["results"]}
+    on, off = by[("plain fp32", True)], by[("plain fp32", False)]
+    assert on["tflops"] * on["step_s"] < off["tflops"] * off["step_s"]
+    assert out["failures"] == [] and "MFU" in out["formula"] and "deepspeed zero2" in report.table()

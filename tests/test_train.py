@@ -4,6 +4,7 @@ recovery from a SIGKILLed worker, ZeRO-3 with a text-only rank, and export logit
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -209,3 +210,25 @@ def test_zero3_lora_downsample_text_only_rank_and_export_parity(ray_session, wor
     assert check["ok"] and check["max_abs_logit_diff"] <= 1e-5
     meta = json.loads((stage_dir / "export" / "vilaray.json").read_text())
     assert meta["projector"] == "downsample2x2"
+
+
+def test_nonfinite_loss_skip_records_and_stop_names_the_step(ray_session, world_dir, assets_dir, tmp_path):
+    """`skip`: the NaN micro-batch is dropped on every rank, replaced by the next one (accumulation stays
+    aligned), recorded and counted, and the run finishes; `stop`: the run fails naming the step."""
+    train = {"num_workers": 2, "max_steps": 4, "grad_accum": 2, "micro_batch_size": 1, "on_nonfinite": "skip"}
+    raw = stage_recipe(world_dir, assets_dir, tmp_path, train)
+    stage_dir = run(raw, "skip", inject_nonfinite_at=[3])
+    rows = metrics(stage_dir)
+    assert [rows[s]["nonfinite_skipped"] for s in (1, 2, 3, 4)] == [0, 0, 1, 1]
+    assert all(math.isfinite(r["loss"]) for r in rows.values())
+    skipped = [json.loads(x) for x in (stage_dir / "nonfinite" / "rank0.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in skipped] == [3]
+    trained = [json.loads(x) for x in (stage_dir / "samples" / "rank0.jsonl").read_text().splitlines()]
+    trained_ids = [i for r in trained for row in r["ids"] for i in row]
+    assert not set(skipped[0]["sample_ids"][0]) & set(trained_ids)  # dropped, not trained on
+    assert trained[2]["step"] == 3 and len(trained[2]["ids"]) == 2  # still a full accumulation window
+    assert (stage_dir / "export" / "config.json").is_file()
+
+    raw["stages"]["align"]["train"] |= {"on_nonfinite": "stop", "num_workers": 1}
+    with pytest.raises(Exception, match="non-finite loss at step 2"):
+        run(raw, "stop", inject_nonfinite_at=[2])

@@ -45,4 +45,4 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 # Benchmark modules register themselves on import (`train` and `eval` join here).
-from vilaray.bench import data  # noqa: E402,F401
+from vilaray.bench import data, train  # noqa: E402,F401

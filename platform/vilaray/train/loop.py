@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from vilaray.config import StageConfig
 from vilaray.model.spec import ModelSpec
+from vilaray.train.flops import FlopModel, peak_tflops
 from vilaray.train.loss import global_loss_tokens, step_scale, token_loss_sums
 from vilaray.train.metrics import MetricsLog, StepTimer
 
@@ -22,6 +23,45 @@ log = logging.getLogger("vilaray.train")
 
 class NonFiniteLoss(RuntimeError):
     """Training hit a NaN/inf loss; the message names the step and the sources of the batch."""
+
+
+class NonFinitePolicy:
+    """What a NaN/inf loss does: `stop` raises naming the step and batch; `skip` drops the micro-batch,
+    records it (each rank its own, in `<stage>/nonfinite/rank<r>.jsonl`) and counts it, stopping once more
+    than `max_skips` were dropped (a model that keeps diverging should not train on)."""
+
+    def __init__(self, mode: str, max_skips: int, stage_dir: Path, stage: str, rank: int):
+        self.mode, self.max_skips, self.stage, self.rank = mode, max_skips, stage, rank
+        self.path = stage_dir / "nonfinite" / f"rank{rank}.jsonl"
+
+    def handle(self, step: int, mb: dict, skipped: int) -> None:
+        where = (
+            f"stage {self.stage}: non-finite loss at step {step}; rank {self.rank}'s batch came from "
+            f"{sorted(set(mb['sources']))} (samples {mb['sample_ids'][:4]}...)"
+        )
+        if self.mode == "stop":
+            raise NonFiniteLoss(where)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(
+                json.dumps({"step": step, "sources": mb["sources"], "sample_ids": mb["sample_ids"]}) + "\n"
+            )
+        log.warning("%s: skipped (%d so far)", where, skipped)
+        if skipped > self.max_skips:
+            raise NonFiniteLoss(f"{where}: {skipped} micro-batches skipped, more than max_nonfinite_skips")
+
+
+@dataclass
+class InjectedFaults:
+    """Steps at which rank 0's loss is made NaN once (fault injection for tests and drills)."""
+
+    nonfinite_at: set[int]
+
+    def fire(self, step: int, rank: int) -> bool:
+        if rank != 0 or step not in self.nonfinite_at:
+            return False
+        self.nonfinite_at.discard(step)
+        return True
 
 
 @dataclass
@@ -37,6 +77,8 @@ class StageJob:
     image_size: int
     prepared_shards: list[str] | None = None
     record_sample_ids: bool = False
+    # Fault injection (tests, drills): rank 0's first micro-batch at these steps gets a NaN loss.
+    inject_nonfinite_at: list[int] = field(default_factory=list)
 
     @property
     def config(self) -> StageConfig:
@@ -103,6 +145,7 @@ def train_loop_per_worker(config: dict) -> None:
     from vilaray.train.strategy import make_strategy
 
     job = StageJob(**config["job"])
+    _quiet_report_logging()
     stage = job.config
     cfg = stage.train
     rank, world = _rank_world()
@@ -119,6 +162,9 @@ def train_loop_per_worker(config: dict) -> None:
         log.warning("stage %s: vilaray loaded from %s", job.stage, Path(vilaray.__file__).parent)
         log.warning("stage %s: what trains\n%s", job.stage, format_table(report))
     _write_pid(job, rank)
+    # Counted before the engine exists: ZeRO-3 partitions parameters (numel 0 on a rank) at setup.
+    flop_model = FlopModel.of(model)
+    peak = peak_tflops(cfg.peak_tflops, device)
     strategy = make_strategy(cfg, world, device)
     strategy.setup(model, param_groups(model, stage.freeze, cfg.lr, cfg.weight_decay))
 
@@ -133,12 +179,17 @@ def train_loop_per_worker(config: dict) -> None:
 
     # Streaming mode restarts its stream on resume; a new seed keeps it from replaying the same order.
     batches = iter(_batches(job, rank, world, consumed_micro, cfg.seed + start_step))
-    metrics = MetricsLog(Path(job.run_dir), job.stage, enabled=rank == 0)
+    metrics = MetricsLog(Path(job.run_dir), job.stage, enabled=rank == 0, every=cfg.log_every)
     sample_log = _sample_log(job, rank)
     step = start_step
     timer = StepTimer()
     last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     held = None
+    skipped = 0
+    nonfinite = NonFinitePolicy(
+        cfg.on_nonfinite, cfg.max_nonfinite_skips, Path(job.run_dir) / job.stage, job.stage, rank
+    )
+    faults = InjectedFaults(set(job.inject_nonfinite_at))
     while step < last_step:
         timer.start_wait()
         micro = _take(batches, cfg.grad_accum)
@@ -147,28 +198,41 @@ def train_loop_per_worker(config: dict) -> None:
         timer.end_wait()
         n_global = global_loss_tokens(micro, device)
         scale = step_scale(world, cfg.grad_accum, n_global)
-        step_loss, by_source = 0.0, {}
-        for mb in micro:
+        step_loss, by_source, trained = 0.0, {}, []
+        pending = list(micro)
+        while pending:
+            mb = pending.pop(0)
             out = strategy.forward(**_to_device(mb, device))
             loss_sum, sources = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
+            if faults.fire(step + 1, rank):
+                loss_sum = loss_sum * float("nan")
             if not _all_finite(loss_sum.detach(), device):
-                raise NonFiniteLoss(
-                    f"stage {job.stage}: non-finite loss at step {step + 1}; this rank's batch came from "
-                    f"{sorted(set(mb['sources']))} (samples {mb['sample_ids'][:4]}...)"
-                )
+                # Every rank drops its micro-batch here (the flag is all-reduced) and takes the next one, so
+                # the engine's accumulation boundary stays aligned; the step keeps its token denominator.
+                skipped += 1
+                nonfinite.handle(step + 1, mb, skipped)
+                replacement = _take(batches, 1)
+                if replacement is None:
+                    break
+                pending.append(replacement[0])
+                consumed_micro += 1
+                continue
             strategy.backward(loss_sum * scale)
             strategy.step()
+            trained.append(mb)
             step_loss += float(loss_sum.detach()) / n_global
             for s, (total, count) in sources.items():
                 acc = by_source.setdefault(s, [0.0, 0])
                 acc[0] += total
                 acc[1] += count
+        if pending:
+            break  # the stream ran dry while replacing a skipped micro-batch
         consumed_micro += cfg.grad_accum
         step += 1
         held = micro[0]
         if sample_log is not None:
             sample_log.write(
-                json.dumps({"step": step, "ids": [i for mb in micro for i in mb["sample_ids"]]}) + "\n"
+                json.dumps({"step": step, "ids": [i for mb in trained for i in mb["sample_ids"]]}) + "\n"
             )
             sample_log.flush()
         timer.end_step(
@@ -180,6 +244,8 @@ def train_loop_per_worker(config: dict) -> None:
             "grad_norm": strategy.grad_norm(),
             **_source_losses(by_source, device),
             **timer.summary(world),
+            "nonfinite_skipped": skipped,
+            **_flops_metrics(sum(flop_model.batch_flops(mb) for mb in micro) * world, timer.seconds, peak),
         }
         metrics.log(step, row, cfg.max_steps)
         if step % cfg.checkpoint_every == 0 or step == last_step:
@@ -194,6 +260,23 @@ def train_loop_per_worker(config: dict) -> None:
     _export(strategy, built, job, rank)
     if cfg.verify_export and held is not None:
         _verify_export(strategy, job, held, device, rank)
+
+
+def _flops_metrics(flops: float, seconds: float, peak: float | None) -> dict[str, float]:
+    """Model TFLOP/s (this rank's batch FLOPs x ranks) and MFU against `peak` (see vilaray.train.flops)."""
+    if seconds <= 0:
+        return {}
+    tflops = flops / seconds / 1e12
+    return {"model_tflops": tflops} | ({"mfu": tflops / peak} if peak else {})
+
+
+def _quiet_report_logging() -> None:
+    """Ray Train logs every `report` call's full metrics at INFO; the progress line already says it."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logging as is
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _take(batches, n: int) -> list[dict] | None:

@@ -69,6 +69,8 @@ class MetricsLog:
         for k, v in row.items():
             if isinstance(v, int | float) and math.isfinite(v):
                 self.tb.add_scalar(k, v, step)
+        if step % self.every and step != max_steps and step != self.first_step:
+            return
         done = step - self.first_step
         eta = (time.perf_counter() - self.t0) / done * (max_steps - step) if done else float("nan")
         print(

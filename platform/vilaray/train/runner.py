@@ -84,7 +84,13 @@ def validate_stage(recipe: Recipe, stage: str, spec: ModelSpec) -> None:
         plan_source(name, data.sources[name], data)
 
 
-def run_stage(recipe: Recipe, stage: str, paths: RunPaths, record_sample_ids: bool = False) -> Path:
+def run_stage(
+    recipe: Recipe,
+    stage: str,
+    paths: RunPaths,
+    record_sample_ids: bool = False,
+    inject_nonfinite_at: list[int] | None = None,
+) -> Path:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -120,8 +126,11 @@ def run_stage(recipe: Recipe, stage: str, paths: RunPaths, record_sample_ids: bo
         image_size=mixture.spec.geometry.image_size,
         prepared_shards=shards,
         record_sample_ids=record_sample_ids,
+        inject_nonfinite_at=list(inject_nonfinite_at or []),
     )
-    data_files = [sh.path for name in cfg.data.weights() for sh in plan_source(name, cfg.data.sources[name], cfg.data)]
+    data_files = [
+        sh.path for name in cfg.data.weights() for sh in plan_source(name, cfg.data.sources[name], cfg.data)
+    ]
     prov = provenance(
         recipe.model_dump(mode="json"), stage, {"data": cfg.data.seed, "train": cfg.train.seed}, data_files
     )

@@ -36,12 +36,18 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
     log_every: int = Field(10, ge=1)
+    # A NaN/inf loss: stop naming the step and the batch's sources, or skip the micro-batch (recorded and
+    # counted; more than max_nonfinite_skips skips stops the run).
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_nonfinite_skips: int = Field(10, ge=0)
     # End this invocation after this step (checkpointing first), e.g. to fit a scheduler's time slot;
     # the next submission with the same run name resumes from there. The LR schedule still spans max_steps.
     stop_at_step: int | None = Field(None, ge=1)
     # After export, reload it with transformers and compare its logits with the engine's on one batch.
     verify_export: bool = True
     export_tolerance: float = Field(1e-4, gt=0)
+    # MFU denominator in TFLOP/s; None: 989 (H100 dense bf16) on GPU, no MFU on CPU.
+    peak_tflops: float | None = Field(None, gt=0)
     collective_timeout_s: int = Field(1800, ge=10)
     seed: int = 0
 
