@@ -1,0 +1,98 @@
+"""An exported model as the harness calls it: batched greedy generation and choice log-likelihoods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from vilaray.evals.prompts import PromptItem
+
+END_OF_TURN = "<|im_end|>"
+
+
+def first_reply(text: str) -> str:
+    """The reply up to the end of its turn, first line only (a chatty model may go on)."""
+    return text.split(END_OF_TURN, 1)[0].strip().split("\n", 1)[0].strip()
+
+
+class EvalModel:
+    """A transformers export (`AutoModelForImageTextToText` + its processor) on one device."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir)).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(str(model_dir))
+        self.tok = self.processor.tokenizer
+        self.tok.padding_side = "left"  # every prompt ends where generation starts
+        stops = {self.tok.eos_token_id, self.tok.convert_tokens_to_ids(END_OF_TURN)}
+        self.stop_ids = sorted(
+            i for i in stops if isinstance(i, int) and i >= 0 and i != self.tok.unk_token_id
+        )
+
+    def _prompt_text(self, item: PromptItem) -> str:
+        return self.processor.apply_chat_template(json.loads(item.messages), add_generation_prompt=True)
+
+    def _inputs(self, texts: list[str], images: list[str]) -> dict:
+        from PIL import Image
+
+        pil = [Image.open(p).convert("RGB") for p in images] or None
+        # The chat template spells every special token the model trained on: no extra BOS/EOS.
+        inputs = self.processor(
+            text=texts, images=pil, padding=True, return_tensors="pt", add_special_tokens=False
+        )
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def generate(self, items: list[PromptItem]) -> list[str]:
+        """Greedy replies, one batch (all items' images in prompt order)."""
+        if not items:
+            return []
+        inputs = self._inputs([self._prompt_text(i) for i in items], [p for i in items for p in i.images])
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=max(i.max_new_tokens for i in items),
+            do_sample=False,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tok.pad_token_id,
+        )
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return [first_reply(t) for t in self.tok.batch_decode(new, skip_special_tokens=False)]
+
+    @torch.no_grad()
+    def choice_logliks(self, item: PromptItem) -> list[float]:
+        """Sum of log p(choice tokens | prompt) for each choice (text-only multiple choice)."""
+        prompt = self._prompt_text(item)
+        n_prompt = len(self.tok(prompt, add_special_tokens=False)["input_ids"])
+        texts = [prompt + c for c in item.choices]
+        self.tok.padding_side = "right"
+        try:
+            enc = self.tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        finally:
+            self.tok.padding_side = "left"
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        keep = mask[:, 1:].clone()
+        keep[:, : n_prompt - 1] = 0  # score only the continuation's tokens
+        return (logp * keep).sum(dim=1).tolist()
+
+    def run(self, items: list[PromptItem]) -> list[dict]:
+        """Predictions for a batch: generation for open-ended items, log-likelihoods for choice items."""
+        out: dict[int, dict] = {}
+        open_ended = [(i, it) for i, it in enumerate(items) if not it.choices]
+        # One generate call per image count: a batch mixes 0-shot and k-shot prompts of the same task.
+        by_images: dict[int, list[tuple[int, PromptItem]]] = {}
+        for i, it in open_ended:
+            by_images.setdefault(len(it.images), []).append((i, it))
+        for group in by_images.values():
+            for (i, _), text in zip(group, self.generate([it for _, it in group])):
+                out[i] = {"prediction": text, "logliks": []}
+        for i, it in enumerate(items):
+            if it.choices:
+                lls = self.choice_logliks(it)
+                out[i] = {"prediction": it.choices[max(range(len(lls)), key=lls.__getitem__)], "logliks": lls}
+        return [out[i] for i in range(len(items))]
