@@ -64,3 +64,17 @@ def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, tmp_pa
     on, off = by[("plain fp32", True)], by[("plain fp32", False)]
     assert on["tflops"] * on["step_s"] < off["tflops"] * off["step_s"]
     assert out["failures"] == [] and "MFU" in out["formula"] and "deepspeed zero2" in report.table()
+
+
+def test_eval_benchmark_compares_batched_ray_data_with_one_at_a_time(ray_session, tmp_path):
+    from vilaray.bench import get_benchmark
+    from vilaray.bench.evals import EvalBenchConfig
+
+    report = get_benchmark("eval").run(
+        EvalBenchConfig(root=str(tmp_path), limit=3, shots="0,2", batch_size=4)
+    )
+    out = report.to_dict()
+    assert out["one_at_a_time"]["items"] == out["ray_batched"]["items"] == 3 * 3 * 2
+    assert out["one_at_a_time"]["items_per_s"] > 0 and out["ray_batched"]["items_per_s"] > 0
+    assert 0.9 <= out["agreement"] <= 1.0  # greedy: batching changes (almost) nothing
+    assert out["passed"] == (not out["failures"]) and "prompts/s" in report.table()

@@ -44,5 +44,5 @@ def get_benchmark(name: str) -> Benchmark:
         raise KeyError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}") from None
 
 
-# Benchmark modules register themselves on import (`train` and `eval` join here).
-from vilaray.bench import data, train  # noqa: E402,F401
+# Benchmark modules register themselves on import.
+from vilaray.bench import data, evals, train  # noqa: E402,F401

@@ -55,7 +55,7 @@ def infer_ray(model_dir: str | Path, items: list[PromptItem], batch_size: int = 
         fn_constructor_args=(str(model_dir),),
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus,
         num_cpus=1,
     )
