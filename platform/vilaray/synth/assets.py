@@ -70,6 +70,8 @@ class TinyVLMSpec:
     text_kv_heads: int = 2
     intermediate: int = 256
     max_positions: int = 4096
+    # Steps of tower pretraining on rendered train-split scenes (vilaray.synth.tower); 0 keeps it random.
+    tower_pretrain_steps: int = 300
     seed: int = 0
 
 
@@ -86,6 +88,8 @@ def build_tiny_vlm(tokenizer_dir: str | Path, out_dir: str | Path, spec: TinyVLM
         SiglipImageProcessor,
         SiglipVisionConfig,
     )
+
+    from vilaray.synth.tower import TowerPretraining, pretrain_tower
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     vision = SiglipVisionConfig(
@@ -120,6 +124,9 @@ def build_tiny_vlm(tokenizer_dir: str | Path, out_dir: str | Path, spec: TinyVLM
     )
     torch.manual_seed(spec.seed)
     model = LlavaForConditionalGeneration(config)
+    tower_stats = pretrain_tower(
+        model.model.vision_tower, TowerPretraining(steps=spec.tower_pretrain_steps, seed=spec.seed)
+    )
     model.generation_config.eos_token_id = [
         tokenizer.eos_token_id,
         tokenizer.convert_tokens_to_ids("<|im_end|>"),
@@ -142,7 +149,9 @@ def build_tiny_vlm(tokenizer_dir: str | Path, out_dir: str | Path, spec: TinyVLM
     model.save_pretrained(str(out_dir))
     processor.save_pretrained(str(out_dir))
     (out_dir / "vilaray.json").write_text(
-        json.dumps({"projector": "mlp2x_gelu", "spec": spec.__dict__}, indent=2)
+        json.dumps(
+            {"projector": "mlp2x_gelu", "spec": spec.__dict__, "tower_pretraining": tower_stats}, indent=2
+        )
     )
     return model, processor
 
