@@ -3,6 +3,7 @@ Ray Data batch inference gives the one-process predictions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_kshot_prompt_never_holds_its_query_and_shots_are_reproducible(tmp_path,
     support, _ = load_split(vqa, "support", base)
     # Plant the query among the demonstrations under another id: caught by content (image + text), not id.
     query = queries[0]
-    planted = type(query)(**{**query.__dict__, "uid": "planted"})
+    planted = dataclasses.replace(query, uid="planted")
     pool = [planted, *support[:4]]
     for seed in range(20):
         shots = draw_shots(pool, query, 4, seed)

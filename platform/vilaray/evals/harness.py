@@ -112,12 +112,9 @@ def prompt_items(tasks: list[TaskData], shots: list[int], seed: int) -> list[Pro
     ]
 
 
-def blind_baseline(t: TaskData) -> tuple[str, str]:
-    """What a model that never looks gets: the support split's most frequent answer / caption / choice."""
-    guess = Counter(s.answer for s in t.support).most_common(1)[0][0]
-    return guess, {"vqa": "majority answer", "caption": "most frequent caption"}.get(
-        t.task.kind, "majority choice"
-    )
+def blind_guess(t: TaskData) -> str:
+    """What a model that never looks answers: the support split's most frequent answer / caption."""
+    return Counter(s.answer for s in t.support).most_common(1)[0][0]
 
 
 def score_predictions(
@@ -141,7 +138,7 @@ def baseline_result(tasks: list[TaskData], shots: list[int], seed: int) -> Model
     for t in tasks:
         if t.task.kind == "multiple_choice":
             continue  # a constant string is not one of each item's choices; chance is 1/#choices
-        guess, _ = blind_baseline(t)
+        guess = blind_guess(t)
         preds |= {(t.task.name, k, s.uid): {"prediction": guess} for k in shots for s in t.samples}
     kept = [t for t in tasks if t.task.kind != "multiple_choice"]
     result = score_predictions("baseline (blind)", kept, shots, preds, seed)

@@ -33,8 +33,8 @@ def draw_shots(support: list[EvalSample], query: EvalSample, k: int, seed: int) 
     if k == 0:
         return []
     rng = random.Random(f"{seed}:{query.uid}:{k}")
-    key = query.content_key()
-    pool = [s for s in support if s.content_key() != key]
+    key = query.content_key
+    pool = [s for s in support if s.content_key != key]
     if len(pool) < k:
         raise ValueError(f"support split has {len(pool)} usable demonstrations, fewer than {k} shots")
     return rng.sample(pool, k)
@@ -49,7 +49,7 @@ def user_turn(task: TaskSpec, sample: EvalSample) -> dict:
 def build_prompt(task: TaskSpec, query: EvalSample, shots: list[EvalSample]) -> PromptItem:
     """Each demonstration is a user turn (its image, its question) and the assistant's reply; the query is
     the last user turn, left open for the model."""
-    if any(s.content_key() == query.content_key() for s in shots):
+    if any(s.content_key == query.content_key for s in shots):
         raise ShotLeak(f"task {task.name}: sample {query.uid} appears among its own demonstrations")
     messages = []
     for s in shots:

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +114,7 @@ class EvalSample:
     choices: list[str] = field(default_factory=list)
     gold: int | None = None
 
+    @cached_property  # draw_shots compares every support sample with every query: hash each image once
     def content_key(self) -> tuple[str, str]:
         digest = hashlib.sha256(Path(self.image).read_bytes()).hexdigest() if self.image else ""
         return digest, json.dumps(self.fields, sort_keys=True)
