@@ -4,10 +4,12 @@ before any worker starts."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from _wandb_records import history
 from vilaray.config import RecipeError, load_recipe
 from vilaray.train.runner import run_paths, run_stage, run_stages
 
@@ -25,6 +27,8 @@ def tiny(world_dir, assets_dir, run_root, *extra: str):
         "defaults.train.cpus_per_worker=0.5",
         "defaults.train.checkpoint_every=4",
         f"run_root={run_root}",
+        "defaults.validation.every=2",
+        "defaults.train.wandb.project=vilaray-tests",
         *extra,
     ]
     for stage in ("align", "pretrain", "sft"):
@@ -45,6 +49,22 @@ def test_three_stages_chain_exports(ray_session, world_dir, assets_dir, tmp_path
         rows = [json.loads(x) for x in (paths.run_dir / stage / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["loss"] > 0 for r in rows)
         assert json.loads((paths.run_dir / stage / "export_check.json").read_text())["ok"]
+    # Held-out loss per source at every 2nd step, from the sources' held-out rows.
+    for stage in exports:
+        rows = {r["step"]: r for r in map(json.loads, (paths.run_dir / stage / "metrics.jsonl").open())}
+        found = json.loads((paths.run_dir / stage / "validation.json").read_text())
+        assert "val_loss" not in rows[1] and math.isfinite(rows[4]["val_loss"])
+        assert {k for k in rows[2] if k.startswith("val_loss/")} == {
+            f"val_loss/{name}" for name, f in found.items() if f["rows"]
+        }
+    # wandb (offline): one run per stage, holding the same steps and losses as metrics.jsonl.
+    for stage in exports:
+        (run_file,) = (paths.run_dir / stage / "wandb").glob("offline-run-*/run-*.wandb")
+        logged = {r["_step"]: r for r in history(run_file)}
+        jsonl = {r["step"]: r for r in map(json.loads, (paths.run_dir / stage / "metrics.jsonl").open())}
+        assert sorted(logged) == [1, 2, 3, 4]
+        assert all(logged[s]["loss"] == pytest.approx(jsonl[s]["loss"]) for s in logged)
+        assert logged[4]["val_loss"] == pytest.approx(jsonl[4]["val_loss"])
     # Stage 3 trained the LLM on text-only instructions, so its per-source loss was logged for them.
     assert any(
         "loss/text_sft" in json.loads(x)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import base_recipe
 from vilaray.config import recipe_from_dict
+from vilaray.data.holdout import held_out
 from vilaray.train.runner import run_paths, run_stage
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,7 @@ def stage_recipe(
         "text": {"format": "text_jsonl", "paths": ["text"], "epochs": 30},
     }
     data["mix"] = {"pairs": 0.7, "text": 0.3}
+    data["holdout"] = 0.05
     train = {
         "data_mode": "deterministic",
         "max_steps": STEPS,
@@ -52,6 +54,7 @@ def stage_recipe(
                 "data": data,
                 "freeze": freeze or {"projector": {"mode": "full"}, "language_model": {"mode": "full"}},
                 "train": train,
+                "validation": {"every": 10, "rows_per_source": 5},
             }
         },
     }
@@ -119,6 +122,17 @@ def test_zero2_and_zero3_match_single_process(zero_runs):
             assert abs(a - b) <= 1e-3 * abs(a), (name, step, a, b)
         # The same rows, split across 2 ranks instead of one micro-batch of 4.
         assert sorted(sample_ids(zero_runs[name])[STEPS]) == sorted(sample_ids(zero_runs["single"])[STEPS])
+        # Held-out loss: 5 rows per source dealt over 2 ranks (one rank runs a lockstep filler) gives the
+        # single process's value; it is logged at every 10th step only.
+        for step in (10, STEPS):
+            for key in ("val_loss", "val_loss/pairs", "val_loss/text"):
+                a, b = single[step][key], other[step][key]
+                assert abs(a - b) <= 1e-3 * abs(a), (name, step, key, a, b)
+        assert "val_loss" not in other[5]
+    assert single[STEPS]["val_loss"] < single[10]["val_loss"]
+    # No held-out sample was trained on.
+    trained = {i for rows in sample_ids(zero_runs["single"]).values() for row in rows for i in row}
+    assert trained and not any(held_out(i, 0.05) for i in trained)
 
 
 def test_deterministic_resume_matches_straight_run(zero_runs, shared_prepared, world_dir, assets_dir):

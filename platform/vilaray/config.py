@@ -70,6 +70,9 @@ class DataConfig(Strict):
     # Documents longer than this (characters) are skipped as `oversized` instead of tokenized.
     max_doc_chars: int = Field(1_000_000, ge=1)
     quarantine_samples: int = Field(20, ge=0)
+    # Fraction of every source's samples kept out of training for validation, chosen by a hash of the
+    # sample id (vilaray.data.holdout): the same documents stay out across runs, epochs, stages and workers.
+    holdout: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -101,12 +104,29 @@ class DataConfig(Strict):
         return str(Path(self.root) / path)
 
 
+class ValidationConfig(Strict):
+    """Held-out loss every `every` steps (0: never) on up to `rows_per_source` packed rows of each source's
+    held-out samples (`data.holdout`), logged per source beside the training loss."""
+
+    every: int = Field(0, ge=0)
+    rows_per_source: int = Field(8, ge=1)
+
+
 class StageConfig(Strict):
     """One training stage: its data mixture, which components train and how, and the optimisation."""
 
     data: DataConfig
     freeze: FreezeSchedule = FreezeSchedule()
     train: TrainConfig = TrainConfig()
+    validation: ValidationConfig = ValidationConfig()
+
+    @model_validator(mode="after")
+    def _validation_has_rows(self) -> StageConfig:
+        if self.validation.every and not self.data.holdout:
+            raise ValueError(
+                "validation.every > 0 needs data.holdout > 0: validation scores the held-out samples"
+            )
+        return self
 
 
 class Recipe(Strict):

@@ -24,6 +24,7 @@ import ray
 from vilaray.config import DataConfig, Recipe, RecipeError, SourceConfig
 from vilaray.data import schema
 from vilaray.data.arrow import rows_to_table
+from vilaray.data.holdout import held_out
 from vilaray.data.pack import PackConfig, pack_samples, packing_efficiency, single_rows
 from vilaray.data.quarantine import LedgerClient
 from vilaray.data.readers import Shard, get_reader
@@ -47,6 +48,18 @@ class PipelineSpec:
     pack: PackConfig
     packing: bool
     seed: int
+    holdout: float = 0.0
+    # "train" streams the samples outside the holdout, "validation" only those inside it.
+    split: str = "train"
+
+    def keeps(self, sample: dict) -> bool:
+        return held_out(sample["id"], self.holdout) == (self.split == "validation")
+
+    def local_encoder(self) -> SampleEncoder:
+        """The tokenizer + encoder in this process (driver-side pilots and validation sets)."""
+        from transformers import AutoTokenizer
+
+        return SampleEncoder(AutoTokenizer.from_pretrained(self.tokenizer_dir), self.geometry, self.encode)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, data: DataConfig | None = None) -> PipelineSpec:
@@ -69,6 +82,7 @@ class PipelineSpec:
             pack=PackConfig(data.seq_len, data.max_images_per_row, tok.pad_token_id),
             packing=data.packing,
             seed=data.seed,
+            holdout=data.holdout,
         )
 
 
@@ -107,19 +121,15 @@ class EncodeStage:
     """
 
     def __init__(self, spec: PipelineSpec, ledger, pack_window: int):
-        from transformers import AutoTokenizer
-
         self.spec = spec
         self.window = pack_window
-        self.encoder = SampleEncoder(
-            AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode
-        )
+        self.encoder = spec.local_encoder()
         self.client = LedgerClient(ledger)
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         # Windows run across the call's shards, so small shards (a few dozen documents) still pack well.
         shards = [Shard.from_row(json.loads(row)) for row in batch.column("shard").to_pylist()]
-        samples = itertools.chain.from_iterable(iter_shard_samples(sh, self.client) for sh in shards)
+        samples = (s for sh in shards for s in iter_shard_samples(sh, self.client) if self.spec.keeps(s))
         while window := list(itertools.islice(samples, self.window)):
             rows = pack_rows(encode_rows(self.encoder, window, self.client), self.spec)
             if rows:
@@ -171,13 +181,11 @@ def source_dataset(
 
 def pilot_efficiency(shards: list[Shard], spec: PipelineSpec, window: int, windows: int = 4) -> float:
     """Packing efficiency of a source measured on its first few windows, on the driver, with the same code."""
-    from transformers import AutoTokenizer
-
     from vilaray.data.quarantine import Quarantine
 
     if not spec.packing:
         return 1.0
-    encoder = SampleEncoder(AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode)
+    encoder = spec.local_encoder()
     client = LedgerClient(Quarantine(None))
     want = window * windows
     samples = list(itertools.islice((s for sh in shards for s in iter_shard_samples(sh, client)), want))

@@ -66,15 +66,18 @@ def deterministic_batches(
     tables: dict[int, object] = {}
     for k in range(skip_micro_batches, usable):
         rows = order[k * per_step + rank * micro_batch : k * per_step + (rank + 1) * micro_batch]
-        batch: dict[str, list] = {c: [] for c in ROW_COLUMNS}
+        records = []
         for shard_idx, row in rows:
             if shard_idx not in tables:
                 tables[shard_idx] = pq.read_table(shards[shard_idx], columns=ROW_COLUMNS)
-            rec = tables[shard_idx].slice(row, 1).to_pylist()[0]
-            for c in ROW_COLUMNS:
-                batch[c].append(rec[c])
-        arrays = {c: _object_array(v) for c, v in batch.items()}
-        yield collate_rows(arrays, pad_id=pad_id, image_size=image_size)
+            records.append(tables[shard_idx].slice(row, 1).to_pylist()[0])
+        yield collate_records(records, pad_id, image_size)
+
+
+def collate_records(records: list[dict], pad_id: int, image_size: int) -> dict:
+    """Training rows as Python dicts (schema.ROW) -> one micro-batch, the way Ray Data batches collate."""
+    arrays = {c: _object_array([rec[c] for rec in records]) for c in ROW_COLUMNS}
+    return collate_rows(arrays, pad_id=pad_id, image_size=image_size)
 
 
 def _object_array(values: list) -> np.ndarray:

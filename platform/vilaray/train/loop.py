@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,8 @@ import torch.distributed as dist
 from vilaray.config import StageConfig
 from vilaray.model.spec import ModelSpec
 from vilaray.train.flops import FlopModel, peak_tflops
-from vilaray.train.loss import global_loss_tokens, step_scale, token_loss_sums
-from vilaray.train.metrics import MetricsLog, StepTimer
+from vilaray.train.loss import global_loss_tokens, mean_losses, reduce_by_source, step_scale, token_loss_sums
+from vilaray.train.metrics import MetricsLog, RunInfo, StepTimer
 
 log = logging.getLogger("vilaray.train")
 
@@ -179,8 +178,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     # Streaming mode restarts its stream on resume; a new seed keeps it from replaying the same order.
     batches = iter(_batches(job, rank, world, consumed_micro, cfg.seed + start_step))
-    metrics = MetricsLog(Path(job.run_dir), job.stage, enabled=rank == 0, every=cfg.log_every)
+    run = RunInfo(Path(job.run_dir).name, job.stage, stage.model_dump(mode="json"), cfg.wandb)
+    metrics = MetricsLog(Path(job.run_dir), run, enabled=rank == 0, every=cfg.log_every)
     sample_log = _sample_log(job, rank)
+    validation = _validation_set(config.get("validation"), job, rank, world)
     step = start_step
     timer = StepTimer()
     last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
@@ -190,12 +191,10 @@ def train_loop_per_worker(config: dict) -> None:
         cfg.on_nonfinite, cfg.max_nonfinite_skips, Path(job.run_dir) / job.stage, job.stage, rank
     )
     faults = InjectedFaults(set(job.inject_nonfinite_at))
-    while step < last_step:
-        timer.start_wait()
-        micro = _take(batches, cfg.grad_accum)
-        if micro is None:
-            break
-        timer.end_wait()
+    timer.start_wait()
+    micro = _take(batches, cfg.grad_accum) if step < last_step else None
+    timer.end_wait()
+    while micro is not None:
         n_global = global_loss_tokens(micro, device)
         scale = step_scale(world, cfg.grad_accum, n_global)
         step_loss, by_source, trained = 0.0, {}, []
@@ -235,31 +234,51 @@ def train_loop_per_worker(config: dict) -> None:
                 json.dumps({"step": step, "ids": [i for mb in trained for i in mb["sample_ids"]]}) + "\n"
             )
             sample_log.flush()
+        # The next step's data is fetched now, so this step knows whether it is the stage's last one (the
+        # mixture can run dry before max_steps) and validates and checkpoints as the last step should.
+        timer.start_wait()
+        nxt = _take(batches, cfg.grad_accum) if step < last_step else None
+        timer.end_wait()
         timer.end_step(
             sum(int(mb["num_tokens"].sum()) for mb in micro), sum(mb["input_ids"].numel() for mb in micro)
         )
+        final = nxt is None
         row = {
             "loss": _mean_over_ranks(step_loss * n_global, n_global, device),
             "lr": strategy.lrs()[0],
             "grad_norm": strategy.grad_norm(),
-            **_source_losses(by_source, device),
+            **mean_losses(reduce_by_source(by_source, device), "loss"),
             **timer.summary(world),
             "nonfinite_skipped": skipped,
             **_flops_metrics(sum(flop_model.batch_flops(mb) for mb in micro) * world, timer.seconds, peak),
         }
+        if validation is not None and (step % stage.validation.every == 0 or final):
+            row |= validation.evaluate(strategy, device, _to_device)
+            timer.exclude(row["val_time_s"])
         metrics.log(step, row, cfg.max_steps)
-        if step % cfg.checkpoint_every == 0 or step == last_step:
+        if step % cfg.checkpoint_every == 0 or final:
             _checkpoint(strategy, step, consumed_micro, row)
         elif step % cfg.log_every == 0:
             ray.train.report({"step": step, **row})
+        micro = nxt
     metrics.close()
     if step < cfg.max_steps and step == last_step:
         return  # stopped at stop_at_step: the checkpoint above is where the next submission resumes
-    if step % cfg.checkpoint_every and step != last_step:
-        _checkpoint(strategy, step, consumed_micro, {"loss": float("nan")})
     _export(strategy, built, job, rank)
     if cfg.verify_export and held is not None:
         _verify_export(strategy, job, held, device, rank)
+
+
+def _validation_set(ref, job: StageJob, rank: int, world: int):
+    """The held-out rows the driver built (an object ref), as this rank's share; None when disabled."""
+    if ref is None or not job.config.validation.every:
+        return None
+    import ray
+
+    from vilaray.train.validation import ValidationSet
+
+    mb = job.config.train.micro_batch_size
+    return ValidationSet(ray.get(ref), mb, rank, world, job.pad_id, job.image_size)
 
 
 def _flops_metrics(flops: float, seconds: float, peak: float | None) -> dict[str, float]:
@@ -294,23 +313,6 @@ def _mean_over_ranks(loss_sum: float, n_global: int, device: torch.device) -> fl
     if dist.is_initialized():
         dist.all_reduce(t)
     return float(t.item()) / max(1, n_global)
-
-
-def _source_losses(by_source: dict[str, list], device: torch.device) -> dict[str, float]:
-    """Per-source mean loss over all ranks; sources are gathered so every rank reduces the same vector."""
-    names = sorted(by_source)
-    if dist.is_initialized():
-        gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, names)
-        names = sorted({n for g in gathered for n in g})
-    vec = torch.tensor(
-        [[by_source.get(n, [0.0, 0])[0], by_source.get(n, [0.0, 0])[1]] for n in names],
-        dtype=torch.float64,
-        device=device,
-    )
-    if dist.is_initialized() and len(names):
-        dist.all_reduce(vec)
-    return {f"loss/{n}": float(vec[i, 0] / vec[i, 1]) if vec[i, 1] else math.nan for i, n in enumerate(names)}
 
 
 def _sample_log(job: StageJob, rank: int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 
@@ -36,3 +38,26 @@ def token_loss_sums(
         acc[0] += float(per_row[i].detach())
         acc[1] += int(counts[i])
     return per_row.sum(), by_source
+
+
+def reduce_by_source(by_source: dict[str, list], device: torch.device) -> dict[str, tuple[float, int]]:
+    """Per-source (loss sum, token count) summed over all ranks. Source names are gathered first so every
+    rank reduces the same vector even when its batches came from different sources."""
+    names = sorted(by_source)
+    if dist.is_initialized():
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, names)
+        names = sorted({n for g in gathered for n in g})
+    vec = torch.tensor(
+        [[by_source.get(n, [0.0, 0])[0], by_source.get(n, [0.0, 0])[1]] for n in names],
+        dtype=torch.float64,
+        device=device,
+    )
+    if dist.is_initialized() and len(names):
+        dist.all_reduce(vec)
+    return {n: (float(vec[i, 0]), int(vec[i, 1])) for i, n in enumerate(names)}
+
+
+def mean_losses(sums: dict[str, tuple[float, int]], prefix: str) -> dict[str, float]:
+    """`{prefix}/{source}` -> mean token loss (NaN for a source with no loss tokens)."""
+    return {f"{prefix}/{n}": total / count if count else math.nan for n, (total, count) in sums.items()}

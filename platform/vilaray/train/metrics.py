@@ -1,11 +1,15 @@
-"""Rank-0 training metrics: TensorBoard events + a JSONL log in the run directory, and a progress line."""
+"""Rank-0 training metrics: a JSONL log, TensorBoard events and (when configured) wandb, and a progress line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from vilaray.train.spec import WandbConfig
 
 
 class StepTimer:
@@ -31,6 +35,10 @@ class StepTimer:
         self.t_step = now
         self.tokens, self.slots = tokens, slots
 
+    def exclude(self, seconds: float) -> None:
+        """Keep time spent outside training (validation) out of the next step's time."""
+        self.t_step += seconds
+
     def summary(self, world: int) -> dict[str, float]:
         return {
             "step_time_s": self.seconds,
@@ -41,34 +49,102 @@ class StepTimer:
         }
 
 
-class MetricsLog:
-    """Writes every step to `<run>/<stage>/metrics.jsonl` and TensorBoard; prints a line with ETA."""
+class JsonlSink:
+    """`<stage>/metrics.jsonl`: one line per step, flushed, the record tests and tools read."""
 
-    def __init__(self, run_dir: Path, stage: str, enabled: bool, every: int = 1):
+    def __init__(self, out: Path, run: RunInfo):
+        self.f = (out / "metrics.jsonl").open("a")
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        self.f.write(json.dumps({"step": step, **row}) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class TensorBoardSink:
+    """`<stage>/tensorboard`: finite scalars (a NaN validation loss would break the plot's scale)."""
+
+    def __init__(self, out: Path, run: RunInfo):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        for k, v in row.items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+class WandbSink:
+    """A wandb run per stage, grouped by run name. Its id derives from the run directory, so a resubmitted
+    run (same name) resumes the same wandb run instead of starting a second one."""
+
+    def __init__(self, out: Path, run: RunInfo):
+        import wandb
+
+        cfg = run.wandb
+        digest = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            mode=cfg.mode,
+            tags=list(cfg.tags),
+            group=run.name,
+            name=f"{run.name}-{run.stage}",
+            id=f"{run.stage}-{digest}",
+            resume="allow",
+            dir=str(out),
+            config=run.config,
+        )
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        self.run.log(row, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the sinks name their records by."""
+
+    name: str
+    stage: str
+    config: dict
+    wandb: WandbConfig | None = None
+
+    def sinks(self, out: Path) -> list:
+        chosen = [JsonlSink, TensorBoardSink] + ([WandbSink] if self.wandb else [])
+        return [make(out, self) for make in chosen]
+
+
+class MetricsLog:
+    """Writes every step to the run's sinks (metrics.jsonl, TensorBoard, wandb) and prints a line with ETA."""
+
+    def __init__(self, run_dir: Path, run: RunInfo, enabled: bool, every: int = 1):
         self.enabled = enabled
         self.every = every
+        self.stage = run.stage
         self.t0 = time.perf_counter()
         self.first_step: int | None = None
         if not enabled:
             return
-        out = run_dir / stage
+        out = run_dir / run.stage
         out.mkdir(parents=True, exist_ok=True)
-        self.jsonl = (out / "metrics.jsonl").open("a")
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(out / "tensorboard"))
-        self.stage = stage
+        self.sinks = run.sinks(out)
 
     def log(self, step: int, row: dict[str, float], max_steps: int) -> None:
         if not self.enabled:
             return
         if self.first_step is None:
             self.first_step, self.t0 = step, time.perf_counter()
-        self.jsonl.write(json.dumps({"step": step, **row}) + "\n")
-        self.jsonl.flush()
-        for k, v in row.items():
-            if isinstance(v, int | float) and math.isfinite(v):
-                self.tb.add_scalar(k, v, step)
+        for sink in self.sinks:
+            sink.write(step, row)
         if step % self.every and step != max_steps and step != self.first_step:
             return
         done = step - self.first_step
@@ -76,11 +152,13 @@ class MetricsLog:
         print(
             f"[{self.stage}] step {step}/{max_steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
             f"gnorm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:.0f} "
-            f"wait {row['data_wait_frac']:.0%} eta {eta:.0f}s",
+            f"wait {row['data_wait_frac']:.0%}"
+            + (f" val {row['val_loss']:.4f}" if "val_loss" in row else "")
+            + f" eta {eta:.0f}s",
             flush=True,
         )
 
     def close(self) -> None:
         if self.enabled:
-            self.jsonl.close()
-            self.tb.close()
+            for sink in self.sinks:
+                sink.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ray
 
-from vilaray.config import Recipe, RecipeError
+from vilaray.config import Recipe, RecipeError, StageConfig
 from vilaray.model.spec import ModelSpec
 from vilaray.train.loop import StageJob, train_loop_per_worker
 from vilaray.train.provenance import provenance
@@ -135,10 +135,14 @@ def run_stage(
         recipe.model_dump(mode="json"), stage, {"data": cfg.data.seed, "train": cfg.train.seed}, data_files
     )
     (stage_dir / "provenance.json").write_text(json.dumps(prov, indent=2))
+    loop_config = {
+        "job": dataclasses.asdict(job),
+        "validation": _validation_rows(data_recipe, cfg, stage_dir),
+    }
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": dataclasses.asdict(job)},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
@@ -154,6 +158,24 @@ def run_stage(
     trainer.fit()
     ray.get(ledger.write_summary.remote())
     return paths.export_dir(stage)
+
+
+def _validation_rows(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
+    """The stage's held-out rows in the object store (every rank reads the same object), or None."""
+    from vilaray.train.validation import build_validation_rows
+
+    if not cfg.validation.every:
+        return None
+    table, found = build_validation_rows(recipe, cfg.data, cfg.validation.rows_per_source)
+    (stage_dir / "validation.json").write_text(json.dumps(found, indent=2))
+    if table.num_rows == 0:
+        raise RecipeError(
+            f"validation.every is set but no source has held-out samples at data.holdout={cfg.data.holdout}"
+        )
+    empty = sorted(name for name, f in found.items() if not f["rows"])
+    if empty:
+        print(f"validation: no held-out rows for {empty} at data.holdout={cfg.data.holdout}", flush=True)
+    return ray.put(table)
 
 
 def run_stages(recipe: Recipe, stages: list[str], paths: RunPaths, **kw) -> dict[str, Path]:

@@ -7,6 +7,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class WandbConfig(BaseModel):
+    """Weights & Biases logging from rank 0; offline by default (files under the stage directory, uploaded
+    later with `wandb sync`), so a cluster without internet access still trains."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str = Field(min_length=1)
+    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    tags: tuple[str, ...] = ()
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,6 +61,8 @@ class TrainConfig(BaseModel):
     # MFU denominator in TFLOP/s; None: 989 (H100 dense bf16) on GPU, no MFU on CPU.
     peak_tflops: float | None = Field(None, gt=0)
     collective_timeout_s: int = Field(1800, ge=10)
+    # Metrics also go to wandb when set (always to metrics.jsonl and TensorBoard).
+    wandb: WandbConfig | None = None
     seed: int = 0
 
     @model_validator(mode="after")

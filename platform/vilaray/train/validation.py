@@ -1,0 +1,99 @@
+"""Held-out validation loss: each source's held-out rows built once on the driver, scored on every rank."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+
+import pyarrow as pa
+import torch
+
+from vilaray.config import DataConfig, Recipe
+from vilaray.train.loss import mean_losses, reduce_by_source, token_loss_sums
+
+
+def build_validation_rows(recipe: Recipe, data: DataConfig, rows_per_source: int) -> tuple[pa.Table, dict]:
+    """Up to `rows_per_source` packed rows of every source's held-out samples (`data.holdout`), read in plan
+    order and encoded and packed by the training pipeline's own code; plus what was found per source.
+
+    Runs on the driver: the rows are small and identical for every rank, so they travel as one object."""
+    from vilaray.data import schema
+    from vilaray.data.arrow import rows_to_table
+    from vilaray.data.pipeline import PipelineSpec, encode_rows, iter_shard_samples, pack_rows, plan_source
+    from vilaray.data.quarantine import LedgerClient, Quarantine
+
+    spec = dataclasses.replace(PipelineSpec.from_recipe(recipe, data), split="validation")
+    encoder = spec.local_encoder()
+    # Bad records here are the training stream's too: its ledger counts them, this one would double count.
+    client = LedgerClient(Quarantine(None))
+    rows, found = [], {}
+    for name in data.weights():
+        shards = plan_source(name, data.sources[name], data)
+        samples = (s for sh in shards for s in iter_shard_samples(sh, client) if spec.keeps(s))
+        got: list[dict] = []
+        while len(got) < rows_per_source and (window := list(itertools.islice(samples, data.pack_window))):
+            got += pack_rows(encode_rows(encoder, window, client), spec)
+        got = got[:rows_per_source]
+        found[name] = {
+            "rows": len(got),
+            "samples": sum(len(r["sample_ids"]) for r in got),
+            "loss_tokens": sum(r["num_loss_tokens"] for r in got),
+        }
+        rows += got
+    return rows_to_table(rows, schema.ROW), found
+
+
+class ValidationSet:
+    """This rank's share of the held-out rows, as micro-batches drawn from one source each.
+
+    Micro-batches are dealt round-robin over ranks and every rank runs the same number of forwards
+    (ZeRO-3 gathers parameters in lockstep): a rank with one fewer repeats a batch and drops its losses."""
+
+    def __init__(
+        self, table: pa.Table, micro_batch: int, rank: int, world: int, pad_id: int, image_size: int
+    ):
+        from vilaray.train.batches import collate_records
+
+        by_source: dict[str, list[dict]] = {}
+        for rec in table.to_pylist():
+            by_source.setdefault(rec["source"], []).append(rec)
+        batches = [
+            collate_records(recs[i : i + micro_batch], pad_id, image_size)
+            for recs in by_source.values()
+            for i in range(0, len(recs), micro_batch)
+        ]
+        self.mine = batches[rank::world]
+        self.forwards = math.ceil(len(batches) / world) if batches else 0
+        self.filler = batches[0] if batches else None
+
+    def evaluate(self, strategy, device: torch.device, to_device) -> dict[str, float]:
+        """`val_loss` (token mean over all held-out rows) and `val_loss/<source>`, the same on every rank."""
+        if not self.forwards:
+            return {}
+        t0 = time.perf_counter()
+        module = strategy.module
+        was_training = module.training
+        module.eval()
+        sums: dict[str, list] = {}
+        with torch.no_grad():
+            for k in range(self.forwards):
+                mb = self.mine[k] if k < len(self.mine) else self.filler
+                out = strategy.forward(**to_device(mb, device))
+                _, by_source = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
+                if k >= len(self.mine):
+                    continue  # a lockstep filler: its losses are another rank's
+                for s, (total, count) in by_source.items():
+                    acc = sums.setdefault(s, [0.0, 0])
+                    acc[0] += total
+                    acc[1] += count
+        module.train(was_training)
+        reduced = reduce_by_source(sums, device)
+        total = sum(t for t, _ in reduced.values())
+        count = sum(c for _, c in reduced.values())
+        return {
+            "val_loss": total / count if count else math.nan,
+            **mean_losses(reduced, "val_loss"),
+            "val_time_s": time.perf_counter() - t0,
+        }
