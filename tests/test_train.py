@@ -104,9 +104,12 @@ def copy_prepared(src_stage_dir: Path, root: Path, run_name: str) -> None:
 def zero_runs(shared_prepared, world_dir, assets_dir):
     root, single = shared_prepared
     out = {"single": single}
-    for name, stage in (("zero2", 2), ("zero3", 3)):
+    # ZeRO-3 also offloads optimizer states and parameters to CPU and checkpoints activations: none of
+    # them may change the math, so it must match the single process like ZeRO-2 does.
+    zero3_extras = {"offload_optimizer": True, "offload_params": True, "activation_checkpointing": True}
+    for name, stage, extras in (("zero2", 2, {}), ("zero3", 3, zero3_extras)):
         copy_prepared(single, root, name)
-        train = {"num_workers": 2, "zero_stage": stage, "micro_batch_size": 2}
+        train = {"num_workers": 2, "zero_stage": stage, "micro_batch_size": 2, **extras}
         out[name] = run(stage_recipe(world_dir, assets_dir, root, train), name)
     return out
 
