@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _training_eval import SUITE, assert_eval_matches_export
 from _wandb_records import history
 from vilaray.config import RecipeError, load_recipe
 from vilaray.train.runner import run_paths, run_stage, run_stages
@@ -29,6 +30,13 @@ def tiny(world_dir, assets_dir, run_root, *extra: str):
         f"run_root={run_root}",
         "defaults.validation.every=2",
         "defaults.train.wandb.project=vilaray-tests",
+        # The last stage runs the benchmark suite inside training at its last step.
+        "stages.sft.evaluation.every=4",
+        f"stages.sft.evaluation.suite={SUITE}",
+        f"stages.sft.evaluation.data_root={world_dir}",
+        "stages.sft.evaluation.limit=6",
+        "stages.sft.evaluation.tasks=null",  # all of the suite's tasks
+        "stages.sft.evaluation.shots=[0,4]",
         *extra,
     ]
     for stage in ("align", "pretrain", "sft"):
@@ -65,6 +73,7 @@ def test_three_stages_chain_exports(ray_session, world_dir, assets_dir, tmp_path
         assert sorted(logged) == [1, 2, 3, 4]
         assert all(logged[s]["loss"] == pytest.approx(jsonl[s]["loss"]) for s in logged)
         assert logged[4]["val_loss"] == pytest.approx(jsonl[4]["val_loss"])
+    assert_eval_matches_export(paths.run_dir / "sft", 4, {"limit": 6, "shots": [0, 4]}, world_dir)
     # Stage 3 trained the LLM on text-only instructions, so its per-source loss was logged for them.
     assert any(
         "loss/text_sft" in json.loads(x)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _training_eval import SUITE, assert_eval_matches_export
 from conftest import base_recipe
 from vilaray.config import recipe_from_dict
 from vilaray.data.holdout import held_out
@@ -215,8 +216,19 @@ def test_zero3_lora_downsample_text_only_rank_and_export_parity(ray_session, wor
         "max_steps": n,
         "export_tolerance": 1e-5,
     }
-    stage_dir = run(stage_recipe(world_dir, assets_dir, tmp_path, train, freeze, model), "z3")
+    raw = stage_recipe(world_dir, assets_dir, tmp_path, train, freeze, model)
+    # Benchmarks inside training under ZeRO-3: 5 prompts per task over 2 ranks (one rank runs fillers).
+    evaluation = {"limit": 5, "shots": [0], "tasks": ["shapes_vqa", "shapes_text_mc"]}
+    raw["stages"]["align"]["evaluation"] = {
+        "every": n,
+        "suite": str(SUITE),
+        "data_root": str(world_dir),
+        "batch_size": 2,
+        **evaluation,
+    }
+    stage_dir = run(raw, "z3")
     assert len(metrics(stage_dir)) == n
+    assert_eval_matches_export(stage_dir, n, evaluation, world_dir)
     per_rank = {
         int(f.stem[-1]): [json.loads(x)["ids"] for x in f.read_text().splitlines()]
         for f in (stage_dir / "samples").glob("rank*.jsonl")

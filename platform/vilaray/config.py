@@ -112,6 +112,22 @@ class ValidationConfig(Strict):
     rows_per_source: int = Field(8, ge=1)
 
 
+class EvaluationConfig(Strict):
+    """A small benchmark run inside training every `every` steps (0: never): the suite's tasks at `shots`,
+    `limit` samples each, decoded greedily by the training engine on all ranks in lockstep; the scores are
+    logged with the training metrics as `eval/<task>/<k>-shot` (a Tune objective)."""
+
+    every: int = Field(0, ge=0)
+    suite: str = "evals/shapes.yaml"
+    # None: every task in the suite. data_root None: the suite's own `root`.
+    tasks: list[str] | None = None
+    shots: list[int] = Field(default_factory=lambda: [0])
+    limit: int = Field(16, ge=1)
+    data_root: str | None = None
+    # Prompts decoded together per rank (generation has no KV cache here: rows are re-run per token).
+    batch_size: int = Field(8, ge=1)
+
+
 class StageConfig(Strict):
     """One training stage: its data mixture, which components train and how, and the optimisation."""
 
@@ -119,6 +135,7 @@ class StageConfig(Strict):
     freeze: FreezeSchedule = FreezeSchedule()
     train: TrainConfig = TrainConfig()
     validation: ValidationConfig = ValidationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @model_validator(mode="after")
     def _validation_has_rows(self) -> StageConfig:

@@ -144,7 +144,31 @@ class SampleEncoder:
         labels = np.where(in_loss & ~is_image, ids, IGNORE).astype(np.int32)
         return self._fit(ids, labels, rendered.images)
 
-    def _fit(self, ids: np.ndarray, labels: np.ndarray, images: list[bytes]) -> Encoded:
+    def render_prompt(self, messages: list[dict]) -> tuple[str, list[bytes]]:
+        """The chat template's text of a conversation left open for the assistant, and its images."""
+        template, images = _template_messages(messages)
+        return self._render_chat_template(template, add_generation_prompt=True), images
+
+    def encode_prompt(self, messages: list[dict]) -> tuple[np.ndarray, list[bytes]]:
+        """A chat left open for the assistant's reply (generation prompt), tokenized and with its images
+        expanded exactly as training rows are; refused when it does not fit in `seq_len` whole."""
+        text, images = self.render_prompt(messages)
+        ids = np.asarray(self.tok(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+        # A k-shot prompt is not a training document: the per-document image cap does not apply.
+        labels = np.full(len(ids), IGNORE, dtype=np.int32)
+        enc = self._fit(ids, labels, images, need_loss=False, cap=len(images))
+        if enc.events:
+            raise SampleError("prompt_too_long", f"{len(ids)} tokens before images; events {enc.events}")
+        return enc.input_ids, self.decode_images(enc.images)
+
+    def _fit(
+        self,
+        ids: np.ndarray,
+        labels: np.ndarray,
+        images: list[bytes],
+        need_loss: bool = True,
+        cap: int | None = None,
+    ) -> Encoded:
         """Cap images per document, expand each placeholder to N tokens and truncate to the budget, dropping
         every image whose tokens would not fit together with its tokens (never one without the other)."""
         n_tok = self.geometry.tokens_per_image
@@ -158,7 +182,7 @@ class SampleEncoder:
             out_ids.append(ids[prev : prev + take])
             out_labels.append(labels[prev : prev + take])
             length += take
-            if k >= self.config.max_images_per_doc:
+            if k >= (self.config.max_images_per_doc if cap is None else cap):
                 _bump(events, "images_dropped_cap")
             elif length + n_tok > budget:
                 # The budget ends here: this image and everything after it go, so no text is left that
@@ -183,7 +207,7 @@ class SampleEncoder:
         # The first token has no predecessor, so it is never a target. Saying so in the labels keeps
         # loss-token counts exact and stops a packed row from training one sample to predict the next.
         out[0] = IGNORE
-        if not (out != IGNORE).any():
+        if need_loss and not (out != IGNORE).any():
             raise SampleError("no_loss_tokens", "nothing left to learn from after truncation")
         return Encoded(input_ids, out, kept, events)
 

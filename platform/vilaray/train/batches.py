@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from vilaray.data.collate import collate_rows
 
@@ -85,3 +86,13 @@ def _object_array(values: list) -> np.ndarray:
     for i, v in enumerate(values):
         out[i] = np.asarray(v) if isinstance(v, list) and v and isinstance(v[0], int) else v
     return out
+
+
+def to_device(mb: dict, device: torch.device) -> dict:
+    """A micro-batch's model inputs on `device` (provenance and labels stay where they are)."""
+    return {
+        "input_ids": mb["input_ids"].to(device),
+        "position_ids": mb["position_ids"].to(device),
+        "pixel_values": mb["pixel_values"].to(device) if mb["pixel_values"].shape[0] else None,
+        "image_counts": mb["image_counts"].to(device),
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch.distributed as dist
 
 from vilaray.config import StageConfig
 from vilaray.model.spec import ModelSpec
+from vilaray.train.batches import to_device
 from vilaray.train.flops import FlopModel, peak_tflops
 from vilaray.train.loss import global_loss_tokens, mean_losses, reduce_by_source, step_scale, token_loss_sums
 from vilaray.train.metrics import MetricsLog, RunInfo, StepTimer
@@ -111,15 +113,6 @@ def _batches(job: StageJob, rank: int, world: int, skip_micro: int, seed: int):
     )
 
 
-def _to_device(mb: dict, device: torch.device) -> dict:
-    return {
-        "input_ids": mb["input_ids"].to(device),
-        "position_ids": mb["position_ids"].to(device),
-        "pixel_values": mb["pixel_values"].to(device) if mb["pixel_values"].shape[0] else None,
-        "image_counts": mb["image_counts"].to(device),
-    }
-
-
 def _all_finite(value: torch.Tensor, device: torch.device) -> bool:
     flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=device)
     if dist.is_initialized():
@@ -182,6 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
     metrics = MetricsLog(Path(job.run_dir), run, enabled=rank == 0, every=cfg.log_every)
     sample_log = _sample_log(job, rank)
     validation = _validation_set(config.get("validation"), job, rank, world)
+    evaluation = _training_eval(config.get("evaluation"), job, rank, world)
     step = start_step
     timer = StepTimer()
     last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
@@ -201,7 +195,7 @@ def train_loop_per_worker(config: dict) -> None:
         pending = list(micro)
         while pending:
             mb = pending.pop(0)
-            out = strategy.forward(**_to_device(mb, device))
+            out = strategy.forward(**to_device(mb, device))
             loss_sum, sources = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
             if faults.fire(step + 1, rank):
                 loss_sum = loss_sum * float("nan")
@@ -252,9 +246,11 @@ def train_loop_per_worker(config: dict) -> None:
             "nonfinite_skipped": skipped,
             **_flops_metrics(sum(flop_model.batch_flops(mb) for mb in micro) * world, timer.seconds, peak),
         }
-        if validation is not None and (step % stage.validation.every == 0 or final):
-            row |= validation.evaluate(strategy, device, _to_device)
-            timer.exclude(row["val_time_s"])
+        for check, every in ((validation, stage.validation.every), (evaluation, stage.evaluation.every)):
+            if check is not None and (step % every == 0 or final):
+                t0 = time.perf_counter()
+                row |= check.evaluate(strategy, device)
+                timer.exclude(time.perf_counter() - t0)
         metrics.log(step, row, cfg.max_steps)
         if step % cfg.checkpoint_every == 0 or final:
             _checkpoint(strategy, step, consumed_micro, row)
@@ -279,6 +275,18 @@ def _validation_set(ref, job: StageJob, rank: int, world: int):
 
     mb = job.config.train.micro_batch_size
     return ValidationSet(ray.get(ref), mb, rank, world, job.pad_id, job.image_size)
+
+
+def _training_eval(ref, job: StageJob, rank: int, world: int):
+    """The benchmark prompts the driver encoded (an object ref), as this rank's share; None when disabled."""
+    if ref is None or not job.config.evaluation.every:
+        return None
+    import ray
+
+    from vilaray.train.evaluation import TrainingEval
+
+    batch = job.config.evaluation.batch_size
+    return TrainingEval(ray.get(ref), rank, world, batch, job.pad_id, job.image_size)
 
 
 def _flops_metrics(flops: float, seconds: float, peak: float | None) -> dict[str, float]:
@@ -356,7 +364,7 @@ def _verify_export(strategy, job: StageJob, batch: dict, device: torch.device, r
     module = strategy.module
     module.eval()
     with torch.no_grad():
-        engine_logits = strategy.forward(**_to_device(batch, device)).logits.float().cpu()
+        engine_logits = strategy.forward(**to_device(batch, device)).logits.float().cpu()
     if rank == 0:
         exported = AutoModelForImageTextToText.from_pretrained(job.export_dir).eval()
         pixels = batch["pixel_values"]

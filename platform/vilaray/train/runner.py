@@ -138,6 +138,7 @@ def run_stage(
     loop_config = {
         "job": dataclasses.asdict(job),
         "validation": _validation_rows(data_recipe, cfg, stage_dir),
+        "evaluation": _eval_bundle(data_recipe, cfg, stage_dir),
     }
     t = cfg.train
     trainer = TorchTrainer(
@@ -176,6 +177,23 @@ def _validation_rows(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
     if empty:
         print(f"validation: no held-out rows for {empty} at data.holdout={cfg.data.holdout}", flush=True)
     return ray.put(table)
+
+
+def _eval_bundle(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
+    """The stage's in-training benchmark prompts, encoded once, in the object store; or None."""
+    from vilaray.train.evaluation import build_eval_bundle
+
+    if not cfg.evaluation.every:
+        return None
+    bundle = build_eval_bundle(recipe, cfg.data, cfg.evaluation)
+    summary = {
+        "tasks": [t.task.name for t in bundle.tasks],
+        "shots": bundle.shots,
+        "prompts": len(bundle.prompts),
+        "not_encodable": bundle.skipped,
+    }
+    (stage_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    return ray.put(bundle)
 
 
 def run_stages(recipe: Recipe, stages: list[str], paths: RunPaths, **kw) -> dict[str, Path]:

@@ -68,10 +68,12 @@ class ValidationSet:
         self.forwards = math.ceil(len(batches) / world) if batches else 0
         self.filler = batches[0] if batches else None
 
-    def evaluate(self, strategy, device: torch.device, to_device) -> dict[str, float]:
+    def evaluate(self, strategy, device: torch.device) -> dict[str, float]:
         """`val_loss` (token mean over all held-out rows) and `val_loss/<source>`, the same on every rank."""
         if not self.forwards:
             return {}
+        from vilaray.train.batches import to_device
+
         t0 = time.perf_counter()
         module = strategy.module
         was_training = module.training
