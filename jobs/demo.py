@@ -72,6 +72,11 @@ def evaluate_stages(recipe, paths, exports: dict, world_root, limit: int):
     models = {"untrained": recipe.model.path} | exports
     results = [baseline_result(tasks, suite.shots, suite.seed)]
     results += [evaluate_model(d, tasks, suite.shots, suite.seed, name) for name, d in models.items()]
+    # The grounding control: the final model with every query's image swapped for another's.
+    control = evaluate_model(
+        exports["sft"], tasks, suite.shots, suite.seed, "sft, shuffled images", control=True
+    )
+    results.append(control)
     metrics = {t.task.name: t.task.metric for t in tasks}
     meta = {"suite": str(SUITE), "shots": suite.shots, "models": {k: str(v) for k, v in models.items()}}
     table = write_report(paths.run_dir / "eval", results, metrics, prompts_used(tasks), meta)

@@ -29,6 +29,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--actors", type=int, default=1, help="model actors (one GPU each when present)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also score each model with every query's image swapped for another's (grounding control)",
+    )
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     return p.parse_args(argv)
 
@@ -51,9 +56,11 @@ def run(args: argparse.Namespace) -> str:
     results = [baseline_result(tasks, shots, suite.seed)]
     for model, name in zip(args.model, names):
         t0 = time.time()
-        results.append(
-            evaluate_model(model, tasks, shots, suite.seed, name, args.backend, args.batch_size, args.actors)
-        )
+        run_kw = {"backend": args.backend, "batch_size": args.batch_size, "actors": args.actors}
+        results.append(evaluate_model(model, tasks, shots, suite.seed, name, **run_kw))
+        if args.control:
+            shuffled = f"{name} (shuffled images)"
+            results.append(evaluate_model(model, tasks, shots, suite.seed, shuffled, control=True, **run_kw))
         print(f"[eval] {name}: {time.time() - t0:.1f}s", flush=True)
     metrics = {t.task.name: t.task.metric for t in tasks}
     skipped = {t.task.name: t.skipped for t in tasks if t.skipped}

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vilaray.evals.harness import baseline_result, evaluate_model, load_tasks, prompt_items, score
+from vilaray.evals.harness import (
+    baseline_result,
+    evaluate_model,
+    load_tasks,
+    prompt_items,
+    score,
+    shuffled_images,
+)
 from vilaray.evals.prompts import ShotLeak, build_prompt, draw_shots
 from vilaray.evals.tasks import TaskFileError, load_split, load_suite
 
@@ -75,6 +82,32 @@ def test_kshot_prompt_never_holds_its_query_and_shots_are_reproducible(tmp_path,
     first = [s.uid for s in draw_shots(support, query, 4, 7)]
     assert first == [s.uid for s in draw_shots(support, query, 4, 7)]
     assert any(first != [s.uid for s in draw_shots(support, query, 4, seed)] for seed in range(8, 12))
+
+
+def test_shuffled_image_control_swaps_every_query_image_within_its_task(world_dir):
+    suite, base = load_suite(SUITE, world_dir)
+    tasks = load_tasks(suite, base, 12)
+    items = prompt_items(tasks, [0, 4], suite.seed)
+    control = shuffled_images(items, suite.seed)
+    assert control == shuffled_images(items, suite.seed)  # seeded
+    for before, after in zip(items, control):
+        assert (before.uid, before.task, before.shots, before.messages) == (
+            after.uid,
+            after.task,
+            after.shots,
+            after.messages,
+        )
+        assert after.images[:-1] == before.images[:-1]  # demonstrations keep their images
+        if before.images:
+            assert after.images[-1] != before.images[-1]
+            peers = {i.images[-1] for i in items if (i.task, i.shots) == (before.task, before.shots)}
+            assert after.images[-1] in peers
+        else:
+            assert after == before  # text-only items have nothing to swap
+    # One bijection over each group's distinct images: the same image always moves to the same other one.
+    for key in {(i.task, i.shots) for i in items if i.images}:
+        moves = {(a.images[-1], b.images[-1]) for a, b in zip(items, control) if (a.task, a.shots) == key}
+        assert len({src for src, _ in moves}) == len(moves) == len({dst for _, dst in moves}) > 1
 
 
 def test_bad_records_are_counted_not_fatal(tmp_path, world_dir):

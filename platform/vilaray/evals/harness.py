@@ -6,7 +6,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vilaray.evals.prompts import PromptItem, build_prompt, draw_shots
@@ -112,6 +112,28 @@ def prompt_items(tasks: list[TaskData], shots: list[int], seed: int) -> list[Pro
     ]
 
 
+def shuffled_images(items: list[PromptItem], seed: int) -> list[PromptItem]:
+    """The grounding control: every query's image swapped for another query image of the same task and shot
+    count (demonstrations keep theirs). A model that reads its image loses accuracy here; one that answers
+    from the question alone scores the same.
+
+    The swap is a seeded derangement of the distinct images (VQA asks several questions per image), so no
+    query keeps its own image and questions about one image all move to the same other image."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for it in items:
+        if it.images and it.images[-1] not in groups.setdefault((it.task, it.shots), []):
+            groups[(it.task, it.shots)].append(it.images[-1])
+    swap: dict[tuple[str, int], dict[str, str]] = {}
+    for (task, shots), images in groups.items():
+        order = sorted(images)
+        random.Random(f"{seed}:{task}:{shots}:shuffle").shuffle(order)
+        swap[(task, shots)] = dict(zip(order, order[1:] + order[:1]))  # one shuffled cycle: no fixed point
+    return [
+        replace(it, images=[*it.images[:-1], swap[(it.task, it.shots)][it.images[-1]]]) if it.images else it
+        for it in items
+    ]
+
+
 def blind_guess(t: TaskData) -> str:
     """What a model that never looks answers: the support split's most frequent answer / caption."""
     return Counter(s.answer for s in t.support).most_common(1)[0][0]
@@ -159,10 +181,14 @@ def evaluate_model(
     backend: str = "ray",
     batch_size: int = 16,
     actors: int = 1,
+    control: bool = False,
 ) -> ModelResult:
+    """Scores of one export; `control=True` runs the shuffled-image control instead (see shuffled_images)."""
     from vilaray.evals.inference import infer_local, infer_ray
 
     items = prompt_items(tasks, shots, seed)
+    if control:
+        items = shuffled_images(items, seed)
     if backend == "ray":
         preds = infer_ray(model_dir, items, batch_size=batch_size, actors=actors)
     else:
