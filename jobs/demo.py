@@ -65,6 +65,9 @@ def loss_curve(stage_dir: Path) -> str:
     return f"loss {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} (step {last['step']})"
 
 
+PREPARE_ROWS = 256
+
+
 def evaluate_stages(recipe, paths, exports: dict, world_root, limit: int):
     """The shapes suite (0 and 4 shots) for the untrained model and each stage's export, one table."""
     suite, base = load_suite(SUITE, world_root)
@@ -103,9 +106,10 @@ def main(argv=None) -> int:
     init_ray(num_cpus=8)
     quiet_ray_data()
     paths = run_paths(recipe, RUN_NAME, None)
-    result = prepare(recipe, paths.run_dir, stage="pretrain")
+    # A look at the pretrain mixture: its first rows through the same pipeline the stage streams from.
+    result = prepare(recipe, paths.run_dir, stage="pretrain", max_rows=PREPARE_ROWS)
     print(format_report(result.stats))
-    phases.done(f"pretrain mixture through Ray Data (shards + stats.json in {result.out_dir})")
+    phases.done(f"first {PREPARE_ROWS} pretrain rows through Ray Data ({result.out_dir})")
 
     if not args.resume:
         fresh_run(paths, STAGES)

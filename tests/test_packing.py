@@ -57,11 +57,16 @@ def forward_losses(model, rows: list[dict], pad_id: int) -> list[list[float]]:
     return per_sample_losses(out.logits, t["labels"], [list(r["seq_lens"]) for r in rows])
 
 
-def test_packed_loss_equals_unpacked(tokenized, tokenizer, assets_dir):
+# sdpa gets a dense block-causal mask from transformers; flex_attention (the GPU recipes' choice) a
+# BlockMask built from the same restarting position ids, with no dense mask. Both must isolate documents.
+@pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
+def test_packed_loss_equals_unpacked(tokenized, tokenizer, assets_dir, attn):
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_pretrained(str(assets_dir), dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(assets_dir), dtype=torch.float32, attn_implementation=attn
+    ).eval()
     cfg = PackConfig(seq_len=768, max_images_per_row=4, pad_id=tokenizer.pad_token_id)
     packed = pack_samples(tokenized, cfg, np.random.default_rng(0))
     assert any(len(r["sample_ids"]) >= 2 for r in packed), "test needs rows holding several samples"

@@ -246,15 +246,17 @@ def train_loop_per_worker(config: dict) -> None:
             "nonfinite_skipped": skipped,
             **_flops_metrics(sum(flop_model.batch_flops(mb) for mb in micro) * world, timer.seconds, peak),
         }
+        checked = False
         for check, every in ((validation, stage.validation.every), (evaluation, stage.evaluation.every)):
             if check is not None and (step % every == 0 or final):
                 t0 = time.perf_counter()
                 row |= check.evaluate(strategy, device)
                 timer.exclude(time.perf_counter() - t0)
+                checked = True
         metrics.log(step, row, cfg.max_steps)
         if step % cfg.checkpoint_every == 0 or final:
             _checkpoint(strategy, step, consumed_micro, row)
-        elif step % cfg.log_every == 0:
+        elif step % cfg.log_every == 0 or checked:  # validation / eval scores always reach Ray Train (Tune)
             ray.train.report({"step": step, **row})
         micro = nxt
     metrics.close()
