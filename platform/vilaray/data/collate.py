@@ -10,7 +10,8 @@ import torch
 from vilaray.data.tokenize import IGNORE
 
 
-def _pad(arrays: list[np.ndarray], length: int, fill: int | None) -> np.ndarray:
+def pad_rows(arrays: list[np.ndarray], length: int, fill: int | None) -> np.ndarray:
+    """Right-pad rows to `length` with `fill`."""
     out = np.empty((len(arrays), length), dtype=np.int64)
     for i, a in enumerate(arrays):
         out[i, : len(a)] = a
@@ -28,9 +29,9 @@ def collate_rows(batch: dict[str, np.ndarray], pad_id: int, image_size: int) -> 
     images = [img for row in batch["images"] for img in row]
     pixels = np.frombuffer(b"".join(images), dtype=np.uint8).reshape(len(images), image_size, image_size, 3)
     return {
-        "input_ids": torch.from_numpy(_pad(ids, length, pad_id)),
-        "labels": torch.from_numpy(_pad(list(batch["labels"]), length, IGNORE)),
-        "position_ids": torch.from_numpy(_pad(list(batch["position_ids"]), length, None)),
+        "input_ids": torch.from_numpy(pad_rows(ids, length, pad_id)),
+        "labels": torch.from_numpy(pad_rows(list(batch["labels"]), length, IGNORE)),
+        "position_ids": torch.from_numpy(pad_rows(list(batch["position_ids"]), length, None)),
         "pixel_values": torch.from_numpy(pixels.copy()),
         "image_counts": torch.tensor([len(r) for r in batch["images"]], dtype=torch.int64),
         "num_tokens": torch.as_tensor(np.asarray(batch["num_tokens"], dtype=np.int64)),

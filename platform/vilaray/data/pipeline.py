@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +51,7 @@ class PipelineSpec:
     seed: int
     holdout: float = 0.0
     # "train" streams the samples outside the holdout, "validation" only those inside it.
-    split: str = "train"
+    split: Literal["train", "validation"] = "train"
 
     def keeps(self, sample: dict) -> bool:
         return held_out(sample["id"], self.holdout) == (self.split == "validation")

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from vilaray.config import DataConfig, EvaluationConfig, Recipe, RecipeError
+from vilaray.train.lockstep import deal, evaluating
 
 
 @dataclass
@@ -59,7 +60,6 @@ def build_eval_bundle(recipe: Recipe, data: DataConfig, cfg: EvaluationConfig) -
     tasks = load_tasks(suite, base, cfg.limit)
     spec = PipelineSpec.from_recipe(recipe, data)
     encoder = spec.local_encoder()
-    tok = encoder.tok
     prompts, skipped = [], {t.task.name: 0 for t in tasks}
     for item in prompt_items(tasks, cfg.shots, suite.seed):
         files = iter(item.images)
@@ -80,33 +80,38 @@ def build_eval_bundle(recipe: Recipe, data: DataConfig, cfg: EvaluationConfig) -
         except SampleError:
             skipped[item.task] += 1
             continue
-        text, _ = encoder.render_prompt(messages)
-        n_text = len(tok(text, add_special_tokens=False)["input_ids"])
-        # Choices are tokenized together with the prompt (as the harness scores them) and cut after it.
-        choices = [
-            np.asarray(tok(text + c, add_special_tokens=False)["input_ids"][n_text:], dtype=np.int64)
-            for c in item.choices
-        ]
+        choices = _choice_ids(encoder, messages, item.choices)
         prompts.append(
             EncodedPrompt((item.task, item.shots, item.uid), ids, pixels, choices, item.max_new_tokens)
         )
     return EvalBundle(prompts, tasks, list(cfg.shots), suite.seed, spec.tokenizer_dir, skipped)
 
 
+def _choice_ids(encoder, messages: list[dict], choices: list[str]) -> list[np.ndarray]:
+    """Each choice's continuation ids: tokenized together with the prompt text (as the harness scores
+    them, so merges at the boundary match) and cut after the prompt's tokens."""
+    if not choices:
+        return []
+    text, _ = encoder.render_prompt(messages)
+    n_text = len(encoder.tok(text, add_special_tokens=False)["input_ids"])
+    return [
+        np.asarray(encoder.tok(text + c, add_special_tokens=False)["input_ids"][n_text:], dtype=np.int64)
+        for c in choices
+    ]
+
+
 def _collate(seqs: list[list[int]], images: list[list[bytes]], pad_id: int, image_size: int, device) -> dict:
-    """Right-padded rows for the training forward; the padding is its own segment (positions restart)."""
+    """Right-padded rows for the training forward, padded the way training batches are."""
+    from vilaray.data.collate import pad_rows
+
     length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        pos[i, : len(s)] = torch.arange(len(s))
-        pos[i, len(s) :] = torch.arange(length - len(s))
     flat = [img for row in images for img in row]
     pixels = np.frombuffer(b"".join(flat), dtype=np.uint8).reshape(len(flat), image_size, image_size, 3)
     return {
-        "input_ids": ids.to(device),
-        "position_ids": pos.to(device),
+        "input_ids": torch.from_numpy(pad_rows([np.asarray(s) for s in seqs], length, pad_id)).to(device),
+        "position_ids": torch.from_numpy(pad_rows([np.arange(len(s)) for s in seqs], length, None)).to(
+            device
+        ),
         "pixel_values": torch.from_numpy(pixels.copy()).to(device) if flat else None,
         "image_counts": torch.tensor([len(r) for r in images], dtype=torch.long, device=device),
     }
@@ -117,11 +122,6 @@ def _any_rank(flag: bool, device) -> bool:
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.item() > 0
-
-
-def _rounds(n_items: int, world: int, batch: int) -> int:
-    """Batches every rank runs: the most any rank has (ZeRO-3 needs the same forwards on all ranks)."""
-    return math.ceil(math.ceil(n_items / world) / batch) if n_items else 0
 
 
 class TrainingEval:
@@ -139,11 +139,11 @@ class TrainingEval:
         stops = {self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")}
         self.stop_ids = {i for i in stops if isinstance(i, int) and i >= 0 and i != self.tok.unk_token_id}
         gen = [p for p in bundle.prompts if not p.choices]
-        self.gen, self.gen_rounds = gen[rank::world], _rounds(len(gen), world, batch)
+        self.gen, self.gen_rounds = deal(gen, rank, world, batch)
         self.max_new = max((p.max_new_tokens for p in gen), default=0)
         # Multiple choice: one row per (prompt, choice), dealt like the prompts; argmax after gathering.
         rows = [(p, j) for p in bundle.prompts for j in range(len(p.choices))]
-        self.mc, self.mc_rounds = rows[rank::world], _rounds(len(rows), world, batch)
+        self.mc, self.mc_rounds = deal(rows, rank, world, batch)
         # What a rank out of work forwards so the others' collectives still line up.
         self.gen_filler = gen[0] if gen else None
         self.mc_filler = rows[0] if rows else None
@@ -151,11 +151,8 @@ class TrainingEval:
     def evaluate(self, strategy, device: torch.device) -> dict[str, float]:
         """`eval/<task>/<k>-shot` scores on rank 0 (empty elsewhere); every rank must call it."""
         t0 = time.perf_counter()
-        module = strategy.module
-        was_training = module.training
-        module.eval()
         found: dict = {}
-        with torch.no_grad():
+        with evaluating(strategy.module):
             for r in range(self.gen_rounds):
                 batch = self.gen[r * self.batch : (r + 1) * self.batch]
                 for p, text in zip(batch, self._greedy(strategy, device, batch)):
@@ -164,7 +161,6 @@ class TrainingEval:
                 rows = self.mc[r * self.batch : (r + 1) * self.batch]
                 for (p, j), ll in zip(rows, self._choice_logliks(strategy, device, rows)):
                     found[(*p.key, j)] = ll
-        module.train(was_training)
         merged = self._gather(found)
         if self.rank != 0:
             return {}

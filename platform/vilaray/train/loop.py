@@ -16,7 +16,14 @@ from vilaray.config import StageConfig
 from vilaray.model.spec import ModelSpec
 from vilaray.train.batches import to_device
 from vilaray.train.flops import FlopModel, peak_tflops
-from vilaray.train.loss import global_loss_tokens, mean_losses, reduce_by_source, step_scale, token_loss_sums
+from vilaray.train.loss import (
+    add_source_sums,
+    global_loss_tokens,
+    mean_losses,
+    reduce_by_source,
+    step_scale,
+    token_loss_sums,
+)
 from vilaray.train.metrics import MetricsLog, RunInfo, StepTimer
 
 log = logging.getLogger("vilaray.train")
@@ -180,7 +187,7 @@ def train_loop_per_worker(config: dict) -> None:
     timer = StepTimer()
     last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     held = None
-    skipped = 0
+    skipped, saved_at = 0, start_step
     nonfinite = NonFinitePolicy(
         cfg.on_nonfinite, cfg.max_nonfinite_skips, Path(job.run_dir) / job.stage, job.stage, rank
     )
@@ -214,10 +221,7 @@ def train_loop_per_worker(config: dict) -> None:
             strategy.step()
             trained.append(mb)
             step_loss += float(loss_sum.detach()) / n_global
-            for s, (total, count) in sources.items():
-                acc = by_source.setdefault(s, [0.0, 0])
-                acc[0] += total
-                acc[1] += count
+            add_source_sums(by_source, sources)
         if pending:
             break  # the stream ran dry while replacing a skipped micro-batch
         consumed_micro += cfg.grad_accum
@@ -256,12 +260,15 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.log(step, row, cfg.max_steps)
         if step % cfg.checkpoint_every == 0 or final:
             _checkpoint(strategy, step, consumed_micro, row)
+            saved_at = step
         elif step % cfg.log_every == 0 or checked:  # validation / eval scores always reach Ray Train (Tune)
             ray.train.report({"step": step, **row})
         micro = nxt
     metrics.close()
     if step < cfg.max_steps and step == last_step:
         return  # stopped at stop_at_step: the checkpoint above is where the next submission resumes
+    if step > saved_at:  # the stream ran dry while replacing a skipped micro-batch: keep the last step
+        _checkpoint(strategy, step, consumed_micro, {"loss": float("nan")})
     _export(strategy, built, job, rank)
     if cfg.verify_export and held is not None:
         _verify_export(strategy, job, held, device, rank)

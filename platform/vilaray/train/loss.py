@@ -40,6 +40,14 @@ def token_loss_sums(
     return per_row.sum(), by_source
 
 
+def add_source_sums(into: dict[str, list], by_source: dict) -> None:
+    """Accumulate per-source (loss sum, token count) pairs, as token_loss_sums returns them."""
+    for source, (total, count) in by_source.items():
+        acc = into.setdefault(source, [0.0, 0])
+        acc[0] += total
+        acc[1] += count
+
+
 def reduce_by_source(by_source: dict[str, list], device: torch.device) -> dict[str, tuple[float, int]]:
     """Per-source (loss sum, token count) summed over all ranks. Source names are gathered first so every
     rank reduces the same vector even when its batches came from different sources."""

@@ -11,7 +11,8 @@ import pyarrow as pa
 import torch
 
 from vilaray.config import DataConfig, Recipe
-from vilaray.train.loss import mean_losses, reduce_by_source, token_loss_sums
+from vilaray.train.lockstep import deal, evaluating
+from vilaray.train.loss import add_source_sums, mean_losses, reduce_by_source, token_loss_sums
 
 
 def build_validation_rows(recipe: Recipe, data: DataConfig, rows_per_source: int) -> tuple[pa.Table, dict]:
@@ -64,8 +65,7 @@ class ValidationSet:
             for recs in by_source.values()
             for i in range(0, len(recs), micro_batch)
         ]
-        self.mine = batches[rank::world]
-        self.forwards = math.ceil(len(batches) / world) if batches else 0
+        self.mine, self.forwards = deal(batches, rank, world, 1)
         self.filler = batches[0] if batches else None
 
     def evaluate(self, strategy, device: torch.device) -> dict[str, float]:
@@ -75,22 +75,14 @@ class ValidationSet:
         from vilaray.train.batches import to_device
 
         t0 = time.perf_counter()
-        module = strategy.module
-        was_training = module.training
-        module.eval()
         sums: dict[str, list] = {}
-        with torch.no_grad():
+        with evaluating(strategy.module):
             for k in range(self.forwards):
                 mb = self.mine[k] if k < len(self.mine) else self.filler
                 out = strategy.forward(**to_device(mb, device))
                 _, by_source = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
-                if k >= len(self.mine):
-                    continue  # a lockstep filler: its losses are another rank's
-                for s, (total, count) in by_source.items():
-                    acc = sums.setdefault(s, [0.0, 0])
-                    acc[0] += total
-                    acc[1] += count
-        module.train(was_training)
+                if k < len(self.mine):  # a lockstep filler's losses are another rank's
+                    add_source_sums(sums, by_source)
         reduced = reduce_by_source(sums, device)
         total = sum(t for t, _ in reduced.values())
         count = sum(c for _, c in reduced.values())
