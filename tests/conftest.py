@@ -37,6 +37,14 @@ def small_world_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_assets_dir(small_world_dir, tmp_path_factory) -> Path:
+    """The demo's tiny assets: tokenizer trained on the demo-sized world's text, pretrained tower."""
+    from vilaray.synth.assets import build_assets
+
+    return build_assets(small_world_dir, tmp_path_factory.mktemp("small_assets"))
+
+
+@pytest.fixture(scope="session")
 def assets_dir(world_dir, tmp_path_factory) -> Path:
     from vilaray.synth.assets import build_assets
 

@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from vilaray.synth.chats import SHORT_ANSWER
+from vilaray.synth.facts import fact_base
 from vilaray.synth.render import render_icon, render_photo, scene_hash_of
 from vilaray.synth.scenes import Scene, Shape, item_rng, question_split, sample_scene, scene_split
 from vilaray.synth.world import SCALES, WorldManifest, build_world, world_texts
@@ -213,6 +215,15 @@ def test_text_corpus_and_text_instructions(world):
         roles = [m["role"] for m in c["messages"]]
         assert roles and roles == ["user", "assistant"] * (len(roles) // 2)
         assert all(isinstance(m["content"], str) and m["content"] for m in c["messages"])
+    # Some replies are the fact's sentence, some (asked with LLaVA's short-answer suffix) its answer alone.
+    facts = {f.answer for f in fact_base(0, SCALES["tiny"].facts)}
+    turns = [
+        (u["content"], a["content"]) for c in convs for u, a in zip(c["messages"][::2], c["messages"][1::2])
+    ]
+    short = [(q, a) for q, a in turns if q.endswith("\n" + SHORT_ANSWER)]
+    assert 0.3 < len(short) / len(turns) < 0.7
+    assert all(a in facts for _, a in short)
+    assert all(a.endswith(".") and "\n" not in q for q, a in turns if (q, a) not in short)
 
 
 def test_llava_sft_mix(world, root):

@@ -31,6 +31,7 @@ class Chat:
     id: str
     turns: tuple[tuple[str, str], ...]
     scene: Scene | None = None
+    asked: tuple[str, ...] = ()  # text-only chats: the fact questions, without any answer-format suffix
 
 
 ChatStyle = Callable[[Scene, random.Random], list[tuple[str, str]]]
@@ -76,8 +77,20 @@ def image_chat(chat_id: str, scene: Scene, rng: random.Random) -> Chat:
     return Chat(chat_id, tuple(CHAT_STYLES[name](scene, rng)), scene)
 
 
+# Text-only instructions answer in a sentence or, like LLaVA-1.5's short-answer VQA data, in one word when
+# the question carries the short-answer suffix; text-only multiple choice is prompted the same way.
+P_SHORT_TEXT_ANSWER = 0.5
+
+
+def fact_turn(fact: Fact, question: str, rng: random.Random) -> tuple[str, str]:
+    if rng.random() < P_SHORT_TEXT_ANSWER:
+        return f"{question}\n{SHORT_ANSWER}", fact.answer
+    return question, fact.statement
+
+
 def text_chat(chat_id: str, facts: list[Fact], rng: random.Random, first: Fact | None = None) -> Chat:
-    turns = instruction_turns(facts, rng, first)
-    while not turns:  # a fact whose every phrasing is held out gives no turn; ask about another
-        turns = instruction_turns(facts, rng)
-    return Chat(chat_id, tuple(turns))
+    asked = instruction_turns(facts, rng, first)
+    while not asked:  # a fact whose every phrasing is held out gives no turn; ask about another
+        asked = instruction_turns(facts, rng)
+    turns = tuple(fact_turn(fact, question, rng) for fact, question in asked)
+    return Chat(chat_id, turns, asked=tuple(question for _, question in asked))

@@ -327,15 +327,15 @@ def corpus_paragraph(facts: list[Fact], rng: random.Random) -> str:
 
 def instruction_turns(
     facts: list[Fact], rng: random.Random, first: Fact | None = None
-) -> list[tuple[str, str]]:
-    """1-3 (question, answer) turns over train-split phrasings; `first` pins the opening fact."""
+) -> list[tuple[Fact, str]]:
+    """1-3 (fact, train-split phrasing of a question about it) pairs; `first` pins the opening fact."""
     chosen = [first] if first is not None else []
     chosen += [rng.choice(facts) for _ in range(rng.randint(1, 3) - len(chosen))]
     turns = []
     for fact in chosen:
         questions = fact.questions_in("train")
         if questions:
-            turns.append((rng.choice(questions), fact.statement))
+            turns.append((fact, rng.choice(questions)))
     return turns
 
 

@@ -152,7 +152,7 @@ def _text(b: _Build) -> None:
 def _text_chat(b: _Build, stream: str, i: int, cover: bool) -> Chat:
     first = b.facts[i % len(b.facts)] if cover else None
     chat = text_chat(f"{stream}-{i:07d}", b.facts, b.rng(stream, i), first)
-    b.train_questions.update(user for user, _ in chat.turns)
+    b.train_questions.update(chat.asked)
     return chat
 
 
