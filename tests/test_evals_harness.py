@@ -20,6 +20,7 @@ from vilaray.evals.harness import (
 )
 from vilaray.evals.prompts import ShotLeak, build_prompt, draw_shots
 from vilaray.evals.tasks import TaskFileError, load_split, load_suite
+from vilaray.synth.chats import BRIEF_PROMPTS, SHORT_ANSWER
 
 SUITE = Path(__file__).resolve().parents[1] / "evals" / "shapes.yaml"
 
@@ -38,6 +39,11 @@ def test_shipped_suite_loads_on_the_world(world_dir):
     assert {t.kind for t in suite.tasks} == {"vqa", "caption", "multiple_choice"}
     tasks = load_tasks(suite, base, limit=5)
     assert all(len(t.samples) == 5 and t.support and t.skipped == 0 for t in tasks)
+    # The prompts ask the way the world's SFT data does, or the score measures the phrasing, not the model.
+    queries = {t.name: t.prompt.query for t in suite.tasks}
+    assert queries["shapes_vqa"].endswith("\n" + SHORT_ANSWER)
+    assert queries["shapes_text_mc"].endswith("\n" + SHORT_ANSWER)
+    assert queries["shapes_captions"].strip() in BRIEF_PROMPTS
 
 
 @pytest.mark.parametrize(
