@@ -70,7 +70,8 @@ def config_from_args(bench: Benchmark, args: argparse.Namespace):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     bench = get_benchmark(args.benchmark)
-    init_ray(args.address, num_cpus=args.ray_cpus, log_to_driver=False)
+    # One logical CPU per core unless set: throughput is compared against a single process.
+    init_ray(args.address, num_cpus=args.ray_cpus or os.cpu_count(), log_to_driver=False)
     report = bench.run(config_from_args(bench, args))
     print(report.table())
     out = Path(args.out)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401
 from vilaray.config import load_recipe
+from vilaray.console import point_to_logs_on_failure
 from vilaray.data.prepare import format_report, prepare
 from vilaray.evals.floors import shapes_floors
 from vilaray.evals.harness import baseline_result, evaluate_model, load_tasks, prompts_used
 from vilaray.evals.report import write_report
 from vilaray.evals.tasks import load_suite
-from vilaray.runtime import init_ray
+from vilaray.runtime import init_job
 from vilaray.synth.assets import build_assets
 from vilaray.synth.world import build_world
 from vilaray.train.runner import run_paths, run_stages
@@ -48,14 +49,6 @@ def fresh_run(paths, stages: list[str]) -> None:
     for d in [paths.run_dir / s for s in stages] + [Path(paths.storage)]:
         if d.exists():
             shutil.rmtree(d)
-
-
-def quiet_ray_data() -> None:
-    """No Ray Data progress bars: on 2 cores redrawing them costs CPU, and they bury the loss lines."""
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
 
 
 def loss_curve(stage_dir: Path) -> str:
@@ -101,31 +94,30 @@ def main(argv=None) -> int:
     build_assets(data.root, recipe.model.path)
     phases.done("world + tiny assets")
 
-    # Logical CPUs above the physical ones, so Ray Data's tokenizer actors and read tasks can be scheduled
-    # beside the train workers on a 2-core laptop (they mostly take turns anyway).
-    init_ray(num_cpus=8)
-    quiet_ray_data()
     paths = run_paths(recipe, RUN_NAME, None)
-    # A look at the pretrain mixture: its first rows through the same pipeline the stage streams from.
-    result = prepare(recipe, paths.run_dir, stage="pretrain", max_rows=PREPARE_ROWS)
-    print(format_report(result.stats))
-    phases.done(f"first {PREPARE_ROWS} pretrain rows through Ray Data ({result.out_dir})")
+    logs = init_job(paths.run_dir)  # logical CPUs above a laptop's cores: vilaray.runtime.LOCAL_LOGICAL_CPUS
+    print(f"[demo] Ray's own logs: {logs}", flush=True)
+    with point_to_logs_on_failure(paths.run_dir):
+        # A look at the pretrain mixture: its first rows through the same pipeline the stage streams from.
+        result = prepare(recipe, paths.run_dir, stage="pretrain", max_rows=PREPARE_ROWS)
+        print(format_report(result.stats))
+        phases.done(f"first {PREPARE_ROWS} pretrain rows through Ray Data ({result.out_dir})")
 
-    if not args.resume:
-        fresh_run(paths, STAGES)
-    exports = {}
-    for stage in STAGES:
-        exports |= run_stages(recipe, [stage], paths)
-        phases.done(f"stage {stage}")
-    for stage in STAGES:
-        print(f"[demo] {stage:<8} {loss_curve(paths.run_dir / stage)}")
+        if not args.resume:
+            fresh_run(paths, STAGES)
+        exports = {}
+        for stage in STAGES:
+            exports |= run_stages(recipe, [stage], paths)
+            phases.done(f"stage {stage}")
+        for stage in STAGES:
+            print(f"[demo] {stage:<8} {loss_curve(paths.run_dir / stage)}")
 
-    table, floors = evaluate_stages(recipe, paths, exports, data.root, args.eval_limit)
-    phases.done("evaluation (untrained + after each stage)")
-    print(table)
-    for f in floors:
-        print(f"[demo] {f.line()}")
-    print(phases.summary())
+        table, floors = evaluate_stages(recipe, paths, exports, data.root, args.eval_limit)
+        phases.done("evaluation (untrained + after each stage)")
+        print(table)
+        for f in floors:
+            print(f"[demo] {f.line()}")
+        print(phases.summary())
     if missed := [f.name for f in floors if not f.ok]:
         print(f"[demo] FAILED: floors not met: {'; '.join(missed)}", file=sys.stderr)
         return 1

@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import _bootstrap  # noqa: F401
+from vilaray.console import quiet_console
 from vilaray.evals.harness import baseline_result, evaluate_model, load_tasks, prompts_used
 from vilaray.evals.report import write_report
 from vilaray.evals.tasks import TaskFileError, load_suite
-from vilaray.runtime import init_ray
+from vilaray.runtime import init_job
 
 SUITE = Path(__file__).resolve().parents[1] / "evals" / "shapes.yaml"
 
@@ -51,7 +52,9 @@ def run(args: argparse.Namespace) -> str:
     shots = [int(k) for k in args.shots.split(",")] if args.shots else suite.shots
     tasks = load_tasks(suite, base, args.limit)
     if args.backend == "ray":
-        init_ray(args.address, log_to_driver=False)
+        init_job(Path(args.out), args.address)
+    else:
+        quiet_console(Path(args.out))
     names = args.name + [str(m) for m in args.model[len(args.name) :]]
     results = [baseline_result(tasks, shots, suite.seed)]
     for model, name in zip(args.model, names):

@@ -1,21 +1,26 @@
 """Materialise a recipe's data mixture to Parquet shards in a seeded order and print its statistics."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import _bootstrap  # noqa: F401
 from vilaray.config import RecipeError, load_recipe
+from vilaray.console import point_to_logs_on_failure
 from vilaray.data.prepare import format_report, prepare
 from vilaray.data.sample import SourceError
-from vilaray.runtime import init_ray
+from vilaray.runtime import init_job
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--recipe", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--stage",
+        default=None,
+        help="whose data section to prepare (default: the recipe's `data`, else its first stage's)",
+    )
     p.add_argument(
         "--run-name", default=None, help="run directory name under run_root (default: recipe name)"
     )
@@ -28,17 +33,16 @@ def main(argv=None) -> int:
     except RecipeError as e:
         print(e, file=sys.stderr)
         return 2
-    init_ray(args.address)
     run_dir = Path(recipe.run_root) / (args.run_name or recipe.name)
+    init_job(run_dir, args.address)
     try:
-        result = prepare(recipe, run_dir, args.max_rows, args.rows_per_shard, stage=args.stage)
+        with point_to_logs_on_failure(run_dir):
+            result = prepare(recipe, run_dir, args.max_rows, args.rows_per_shard, stage=args.stage)
     except (SourceError, RecipeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(result.stats))
     print(f"wrote {len(result.shards)} shards to {result.out_dir} (stats: {result.out_dir / 'stats.json'})")
-    if args.max_rows is None:
-        print(json.dumps(result.stats["mixture"], indent=2))
     return 0
 
 

@@ -3,7 +3,12 @@
 import sys
 
 import _bootstrap  # noqa: F401
-from vilaray.train.cli import main
+from vilaray.train import cli
+
+
+def main(argv=None) -> int:
+    return cli.main(__doc__, default_stages=["sft"], argv=argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main(__doc__, default_stages=["sft"]))
+    sys.exit(main())

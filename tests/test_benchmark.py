@@ -6,12 +6,12 @@ import json
 import math
 
 
-def test_data_benchmark_reports_throughput_and_packing(ray_session, tmp_path):
+def test_data_benchmark_reports_throughput_and_packing(ray_session, bench_root):
     from vilaray.bench import get_benchmark
     from vilaray.bench.data import DataBenchConfig
 
     cfg = DataBenchConfig(
-        root=str(tmp_path), scale="tiny", pair_epochs=2, doc_epochs=2, pack_window=16, bracket=False
+        root=str(bench_root), scale="tiny", pair_epochs=2, doc_epochs=2, pack_window=16, bracket=False
     )
     report = get_benchmark("data").run(cfg)
     out = json.loads(json.dumps(report.to_dict()))  # the JSON file's content, round-tripped
@@ -41,13 +41,13 @@ def test_data_benchmark_reports_throughput_and_packing(ray_session, tmp_path):
     assert "steady state" in report.table()
 
 
-def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, tmp_path):
+def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, bench_root):
     """The harness on the CPU-sized shape: every variant x packing measured, ratios and FLOPs filled in."""
     from vilaray.bench import get_benchmark
     from vilaray.bench.train import TrainBenchConfig
 
     cfg = TrainBenchConfig(
-        shape="tiny", rows=2, seq_len=128, steps=2, warmup=1, zero_stages="2", lengths_root=str(tmp_path)
+        shape="tiny", rows=2, seq_len=128, steps=2, warmup=1, zero_stages="2", lengths_root=str(bench_root)
     )
     report = get_benchmark("train").run(cfg)
     out = json.loads(json.dumps(report.to_dict()))
@@ -66,12 +66,12 @@ def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, tmp_pa
     assert out["failures"] == [] and "MFU" in out["formula"] and "deepspeed zero2" in report.table()
 
 
-def test_eval_benchmark_compares_batched_ray_data_with_one_at_a_time(ray_session, tmp_path):
+def test_eval_benchmark_compares_batched_ray_data_with_one_at_a_time(ray_session, bench_root):
     from vilaray.bench import get_benchmark
     from vilaray.bench.evals import EvalBenchConfig
 
     report = get_benchmark("eval").run(
-        EvalBenchConfig(root=str(tmp_path), limit=3, shots="0,2", batch_size=4)
+        EvalBenchConfig(root=str(bench_root), limit=3, shots="0,2", batch_size=4)
     )
     out = report.to_dict()
     assert out["one_at_a_time"]["items"] == out["ray_batched"]["items"] == 3 * 3 * 2

@@ -102,7 +102,7 @@ def test_job_submit_ships_vilaray_to_a_cluster_without_it(tmp_path, world_dir, a
         assert out.returncode == 0, logs[-4000:]
         assert "succeeded" in logs
         # Workers imported vilaray from the job's runtime environment, not from an installed package.
-        assert "vilaray loaded from" in logs and "runtime_resources" in logs, logs[-4000:]
+        assert "workers import vilaray from" in logs and "runtime_resources" in logs, logs[-4000:]
         assert (tmp_path / "runs" / "tiny" / "align" / "export" / "config.json").is_file()
     finally:
         stop_cluster(head, temp_dir)

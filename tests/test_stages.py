@@ -11,8 +11,9 @@ import pytest
 import torch
 from _training_eval import SUITE, assert_eval_matches_export
 from _wandb_records import history
+from conftest import TINY_RUN_EVALUATION
 from vilaray.config import RecipeError, load_recipe
-from vilaray.train.runner import run_paths, run_stage, run_stages
+from vilaray.train.runner import run_paths, run_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "jobs" / "recipes" / "tiny.yaml"
@@ -45,36 +46,42 @@ def tiny(world_dir, assets_dir, run_root, *extra: str):
 
 
 @pytest.mark.slow
-def test_three_stages_chain_exports(ray_session, world_dir, assets_dir, tmp_path):
+def test_three_stages_chain_exports(tiny_run, small_world_dir):
+    """The shipped recipe's stages chained (each starts from the previous export), with held-out validation,
+    wandb, the export check and the in-training benchmarks, read from the session's `tiny_run`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    recipe = tiny(world_dir, assets_dir, tmp_path)
-    paths = run_paths(recipe, "chain", None)
-    exports = run_stages(recipe, list(recipe.stages), paths)
+    recipe, paths, exports = tiny_run.recipe, tiny_run.paths, tiny_run.exports
     assert list(exports) == ["align", "pretrain", "sft"]
     for stage, export in exports.items():
+        last = recipe.stages[stage].train.max_steps
         assert (export / "config.json").is_file()
         rows = [json.loads(x) for x in (paths.run_dir / stage / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["loss"] > 0 for r in rows)
+        assert [r["step"] for r in rows] == list(range(1, last + 1)) and all(r["loss"] > 0 for r in rows)
         assert json.loads((paths.run_dir / stage / "export_check.json").read_text())["ok"]
-    # Held-out loss per source at every 2nd step, from the sources' held-out rows.
+    # Held-out loss per source every `validation.every` steps and at the last, from the held-out rows.
     for stage in exports:
+        last = recipe.stages[stage].train.max_steps
+        every = min(recipe.stages[stage].validation.every, last)
         rows = {r["step"]: r for r in map(json.loads, (paths.run_dir / stage / "metrics.jsonl").open())}
         found = json.loads((paths.run_dir / stage / "validation.json").read_text())
-        assert "val_loss" not in rows[1] and math.isfinite(rows[4]["val_loss"])
-        assert {k for k in rows[2] if k.startswith("val_loss/")} == {
+        assert "val_loss" not in rows[1] and math.isfinite(rows[last]["val_loss"])
+        assert {k for k in rows[every] if k.startswith("val_loss/")} == {
             f"val_loss/{name}" for name, f in found.items() if f["rows"]
         }
     # wandb (offline): one run per stage, holding the same steps and losses as metrics.jsonl.
     for stage in exports:
+        last = recipe.stages[stage].train.max_steps
         (run_file,) = (paths.run_dir / stage / "wandb").glob("offline-run-*/run-*.wandb")
         logged = {r["_step"]: r for r in history(run_file)}
         jsonl = {r["step"]: r for r in map(json.loads, (paths.run_dir / stage / "metrics.jsonl").open())}
-        assert sorted(logged) == [1, 2, 3, 4]
+        assert sorted(logged) == list(range(1, last + 1))
         assert all(logged[s]["loss"] == pytest.approx(jsonl[s]["loss"]) for s in logged)
-        assert logged[4]["val_loss"] == pytest.approx(jsonl[4]["val_loss"])
-    assert_eval_matches_export(paths.run_dir / "sft", 4, {"limit": 6, "shots": [0, 4]}, world_dir)
-    # Stage 3 trained the LLM on text-only instructions, so its per-source loss was logged for them.
+        assert logged[last]["val_loss"] == pytest.approx(jsonl[last]["val_loss"])
+    sft_last = recipe.stages["sft"].train.max_steps
+    assert_eval_matches_export(paths.run_dir / "sft", sft_last, TINY_RUN_EVALUATION, small_world_dir)
+    # Stage 3 trained the LLM on text-only instructions (30% of its tokens over hundreds of steps), so
+    # their per-source loss was logged.
     assert any(
         "loss/text_sft" in json.loads(x)
         for x in (paths.run_dir / "sft" / "metrics.jsonl").read_text().splitlines()

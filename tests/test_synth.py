@@ -22,11 +22,7 @@ from vilaray.synth.world import SCALES, WorldManifest, build_world, world_texts
 TRAIN_IMAGE_KINDS = ("llava_pretrain", "obelics_paths", "mmc4", "sft")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> WorldManifest:
-    return build_world(tmp_path_factory.mktemp("synth") / "shapes", seed=0, scale="tiny", photo=True)
-
-
+# `world` is the session's tiny world (conftest): seed 0, photo variant included.
 @pytest.fixture(scope="module")
 def root(world) -> Path:
     return world.root

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import ray
+import ray.data
 
 import vilaray
 
@@ -31,18 +32,54 @@ def runtime_env() -> dict:
     return out
 
 
+# A local Ray advertises at least this many logical CPUs. Ray's CPUs are scheduling slots, not cores: a
+# stage holds its train workers (0.5 each in the tiny recipe) plus one tokenizer actor per source
+# (`data.encode_cpus` each) for the whole stream, which on a 2-core laptop would not fit in 2 slots
+# although the processes take turns on the cores. A cluster's nodes declare their own CPUs.
+LOCAL_LOGICAL_CPUS = 8
+
+
+def local_cpus(requested: float | None = None) -> float:
+    """Logical CPUs of a local Ray: `requested`, else the machine's cores, and never fewer than 8."""
+    return requested if requested is not None else float(max(LOCAL_LOGICAL_CPUS, os.cpu_count() or 1))
+
+
 def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs) -> None:
-    """Join the cluster at `address` / RAY_ADDRESS (e.g. inside `ray job submit`), else start a local Ray."""
+    """Join the cluster at `address` / RAY_ADDRESS (e.g. inside `ray job submit`), else start a local Ray
+    with `local_cpus(num_cpus)` logical CPUs."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env(), **kwargs)
     else:
+        cpus = local_cpus(num_cpus)
+        # The raylet starts at most min(cores, CPUs) workers at once and prints a warning to the console
+        # each time a job has started 4x, 6x... that many; a stage's actors (tokenizers, train workers,
+        # ledger, controller) always would on a laptop. Start up to one per logical CPU instead.
+        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(int(cpus)))
         ray.init(
             address="local",
-            num_cpus=num_cpus,
+            num_cpus=cpus,
             runtime_env=runtime_env(),
             include_dashboard=kwargs.pop("include_dashboard", False),
             **kwargs,
         )
+
+
+def init_job(run_dir: Path, address: str | None = None, num_cpus: float | None = None, **kwargs) -> Path:
+    """A job's Ray with a console for people: Ray's driver logs and warnings in `<run_dir>/logs`, workers'
+    output left in Ray's session logs (linked there) instead of forwarded; returns the logs folder."""
+    from vilaray.console import link_ray_session_logs, quiet_console
+
+    folder = quiet_console(run_dir)
+    # Ray announces on the console every task it is about to retry (e.g. a tokenizer actor's call cut short
+    # when a `--max-rows` prepare stops its pool); the retry's outcome is still reported when it fails.
+    os.environ.setdefault("RAY_enable_output_error_log_if_still_retry", "0")
+    init_ray(address, num_cpus=num_cpus, log_to_driver=False, **kwargs)
+    link_ray_session_logs(run_dir)
+    # No Ray Data progress bars or execution banners: vilaray prints its own statistics, and on 2 cores
+    # redrawing bars costs CPU.
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    return folder

@@ -57,6 +57,7 @@ def prepare(
         "recipe": recipe.name,
         "stage": stage,
         "seed": data.seed,
+        "max_rows": max_rows,
         "seq_len": data.seq_len,
         "packing": data.packing,
         "mixture": mixture.describe(),
@@ -99,14 +100,18 @@ def _write_shards(mixture: Mixture, out_dir: Path, max_rows: int | None, rows_pe
 def format_report(report: dict) -> str:
     """The statistics a user reads after `prepare_data`: per source counts and shares, efficiency, skips."""
     stream = report["stream"]
-    weights = report["mixture"]["token_weights"]
+    mixture = report["mixture"]
+    weights, row_weights = mixture["token_weights"], mixture["row_weights"]
+    pilot = mixture["pilot_packing_efficiency"]
     lines = [
-        f"{'source':<16}{'rows':>8}{'samples':>9}{'tokens':>11}{'images':>8}{'share':>8}{'target':>8}",
+        f"{'source':<16}{'rows':>8}{'samples':>9}{'tokens':>11}{'images':>8}{'share':>8}{'target':>8}"
+        f"{'row w':>8}{'pilot eff':>10}",
     ]
     for name, t in stream["sources"].items():
         lines.append(
             f"{name:<16}{t['rows']:>8}{t['samples']:>9}{t['tokens']:>11}{t['images']:>8}"
-            f"{t['share']:>8.3f}{weights.get(name, 0.0):>8.3f}"
+            f"{t['share']:>8.3f}{weights.get(name, 0.0):>8.3f}{row_weights.get(name, 0.0):>8.3f}"
+            f"{pilot.get(name, 1.0):>10.3f}"
         )
     lines.append(f"packing efficiency (non-pad / all tokens): {stream['packing_efficiency']:.4f}")
     skipped = report.get("skipped", {})

@@ -19,7 +19,12 @@ def parser(description: str) -> argparse.ArgumentParser:
         "--storage", default=None, help="Ray Train storage: a folder or a URI (default: the run dir)"
     )
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs of a local Ray")
+    p.add_argument(
+        "--num-cpus",
+        type=float,
+        default=None,
+        help="logical CPUs of a local Ray (default: cores, at least 8)",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate recipe and model shapes, then stop")
     return p
 
@@ -34,11 +39,14 @@ def main(description: str, default_stages: list[str] | None, argv=None) -> int:
             raise RecipeError(f"stages {missing or stages} not in recipe; it has {list(recipe.stages)}")
         if args.dry_run:
             return dry_run(recipe, stages)
-        from vilaray.runtime import init_ray
+        from vilaray.console import point_to_logs_on_failure
+        from vilaray.runtime import init_job
         from vilaray.train.runner import run_paths, run_stages
 
-        init_ray(args.address, num_cpus=args.num_cpus)
-        exports = run_stages(recipe, stages, run_paths(recipe, args.run_name, args.storage))
+        paths = run_paths(recipe, args.run_name, args.storage)
+        init_job(paths.run_dir, args.address, num_cpus=args.num_cpus)
+        with point_to_logs_on_failure(paths.run_dir):
+            exports = run_stages(recipe, stages, paths)
     except (RecipeError, SourceError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

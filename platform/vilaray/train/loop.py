@@ -15,6 +15,7 @@ import torch.distributed as dist
 from vilaray.config import StageConfig
 from vilaray.model.spec import ModelSpec
 from vilaray.train.batches import to_device
+from vilaray.train.faults import FaultPlan, Faults
 from vilaray.train.flops import FlopModel, peak_tflops
 from vilaray.train.loss import (
     add_source_sums,
@@ -25,6 +26,7 @@ from vilaray.train.loss import (
     token_loss_sums,
 )
 from vilaray.train.metrics import MetricsLog, RunInfo, StepTimer
+from vilaray.train.progress import write_worker_info
 
 log = logging.getLogger("vilaray.train")
 
@@ -60,19 +62,6 @@ class NonFinitePolicy:
 
 
 @dataclass
-class InjectedFaults:
-    """Steps at which rank 0's loss is made NaN once (fault injection for tests and drills)."""
-
-    nonfinite_at: set[int]
-
-    def fire(self, step: int, rank: int) -> bool:
-        if rank != 0 or step not in self.nonfinite_at:
-            return False
-        self.nonfinite_at.discard(step)
-        return True
-
-
-@dataclass
 class StageJob:
     """Everything a worker needs for one stage, in plain JSON-able fields (shipped to every rank)."""
 
@@ -83,10 +72,11 @@ class StageJob:
     export_dir: str
     pad_id: int
     image_size: int
+    # Ray Train's folder for this stage (checkpoints, the controller's checkpoint snapshot).
+    trainer_dir: str = ""
     prepared_shards: list[str] | None = None
     record_sample_ids: bool = False
-    # Fault injection (tests, drills): rank 0's first micro-batch at these steps gets a NaN loss.
-    inject_nonfinite_at: list[int] = field(default_factory=list)
+    faults: dict = field(default_factory=dict)  # a FaultPlan (tests, drills)
 
     @property
     def config(self) -> StageConfig:
@@ -155,11 +145,6 @@ def train_loop_per_worker(config: dict) -> None:
     model = built.model
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable()
-    if rank == 0:
-        import vilaray
-
-        log.warning("stage %s: vilaray loaded from %s", job.stage, Path(vilaray.__file__).parent)
-        log.warning("stage %s: what trains\n%s", job.stage, format_table(report))
     _write_pid(job, rank)
     # Counted before the engine exists: ZeRO-3 partitions parameters (numel 0 on a rank) at setup.
     flop_model = FlopModel.of(model)
@@ -173,13 +158,16 @@ def train_loop_per_worker(config: dict) -> None:
         with ckpt.as_directory() as d:
             state = strategy.load(Path(d))
         start_step, consumed_micro = int(state["step"]), int(state["consumed_micro_batches"])
-        if rank == 0:
-            log.warning("stage %s: resumed from step %d", job.stage, start_step)
+    if rank == 0:  # printed by the driver (vilaray.train.progress): workers' output stays in Ray's logs
+        import vilaray
+
+        info = {"vilaray": str(Path(vilaray.__file__).parent), "what_trains": format_table(report)}
+        write_worker_info(Path(job.run_dir) / job.stage, info | {"resumed_from": start_step})
 
     # Streaming mode restarts its stream on resume; a new seed keeps it from replaying the same order.
     batches = iter(_batches(job, rank, world, consumed_micro, cfg.seed + start_step))
     run = RunInfo(Path(job.run_dir).name, job.stage, stage.model_dump(mode="json"), cfg.wandb)
-    metrics = MetricsLog(Path(job.run_dir), run, enabled=rank == 0, every=cfg.log_every)
+    metrics = MetricsLog(Path(job.run_dir), run, enabled=rank == 0)
     sample_log = _sample_log(job, rank)
     validation = _validation_set(config.get("validation"), job, rank, world)
     evaluation = _training_eval(config.get("evaluation"), job, rank, world)
@@ -191,11 +179,14 @@ def train_loop_per_worker(config: dict) -> None:
     nonfinite = NonFinitePolicy(
         cfg.on_nonfinite, cfg.max_nonfinite_skips, Path(job.run_dir) / job.stage, job.stage, rank
     )
-    faults = InjectedFaults(set(job.inject_nonfinite_at))
+    faults = Faults(
+        FaultPlan(**job.faults), rank, world, Path(job.run_dir) / job.stage, Path(job.trainer_dir)
+    )
     timer.start_wait()
     micro = _take(batches, cfg.grad_accum) if step < last_step else None
     timer.end_wait()
     while micro is not None:
+        faults.maybe_sigkill(step + 1, saved_at)
         n_global = global_loss_tokens(micro, device)
         scale = step_scale(world, cfg.grad_accum, n_global)
         step_loss, by_source, trained = 0.0, {}, []
@@ -204,7 +195,7 @@ def train_loop_per_worker(config: dict) -> None:
             mb = pending.pop(0)
             out = strategy.forward(**to_device(mb, device))
             loss_sum, sources = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
-            if faults.fire(step + 1, rank):
+            if faults.nan_loss(step + 1):
                 loss_sum = loss_sum * float("nan")
             if not _all_finite(loss_sum.detach(), device):
                 # Every rank drops its micro-batch here (the flag is all-reduced) and takes the next one, so
@@ -257,7 +248,7 @@ def train_loop_per_worker(config: dict) -> None:
                 row |= check.evaluate(strategy, device)
                 timer.exclude(time.perf_counter() - t0)
                 checked = True
-        metrics.log(step, row, cfg.max_steps)
+        metrics.log(step, row)
         if step % cfg.checkpoint_every == 0 or final:
             _checkpoint(strategy, step, consumed_micro, row)
             saved_at = step

@@ -1,4 +1,4 @@
-"""Rank-0 training metrics: a JSONL log, TensorBoard events and (when configured) wandb, and a progress line."""
+"""Rank-0 training metrics: a JSONL log, TensorBoard events and (when configured) wandb."""
 
 from __future__ import annotations
 
@@ -124,39 +124,21 @@ class RunInfo:
 
 
 class MetricsLog:
-    """Writes every step to the run's sinks (metrics.jsonl, TensorBoard, wandb) and prints a line with ETA."""
+    """Writes every step to the run's sinks (metrics.jsonl, TensorBoard, wandb); the driver prints progress
+    from metrics.jsonl (vilaray.train.progress)."""
 
-    def __init__(self, run_dir: Path, run: RunInfo, enabled: bool, every: int = 1):
+    def __init__(self, run_dir: Path, run: RunInfo, enabled: bool):
         self.enabled = enabled
-        self.every = every
-        self.stage = run.stage
-        self.t0 = time.perf_counter()
-        self.first_step: int | None = None
         if not enabled:
             return
         out = run_dir / run.stage
         out.mkdir(parents=True, exist_ok=True)
         self.sinks = run.sinks(out)
 
-    def log(self, step: int, row: dict[str, float], max_steps: int) -> None:
-        if not self.enabled:
-            return
-        if self.first_step is None:
-            self.first_step, self.t0 = step, time.perf_counter()
-        for sink in self.sinks:
-            sink.write(step, row)
-        if step % self.every and step != max_steps and step != self.first_step:
-            return
-        done = step - self.first_step
-        eta = (time.perf_counter() - self.t0) / done * (max_steps - step) if done else float("nan")
-        print(
-            f"[{self.stage}] step {step}/{max_steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
-            f"gnorm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:.0f} "
-            f"wait {row['data_wait_frac']:.0%}"
-            + (f" val {row['val_loss']:.4f}" if "val_loss" in row else "")
-            + f" eta {eta:.0f}s",
-            flush=True,
-        )
+    def log(self, step: int, row: dict[str, float]) -> None:
+        if self.enabled:
+            for sink in self.sinks:
+                sink.write(step, row)
 
     def close(self) -> None:
         if self.enabled:

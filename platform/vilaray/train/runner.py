@@ -10,8 +10,11 @@ import ray
 
 from vilaray.config import Recipe, RecipeError, StageConfig
 from vilaray.model.spec import ModelSpec
+from vilaray.train.faults import FaultPlan
 from vilaray.train.loop import StageJob, train_loop_per_worker
+from vilaray.train.progress import ProgressTail
 from vilaray.train.provenance import provenance
+from vilaray.train.spec import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +92,12 @@ def run_stage(
     stage: str,
     paths: RunPaths,
     record_sample_ids: bool = False,
-    inject_nonfinite_at: list[int] | None = None,
+    faults: FaultPlan | None = None,
 ) -> Path:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from vilaray.data.pipeline import build_mixture, plan_source
-    from vilaray.data.prepare import prepare
+    from vilaray.data.pipeline import PipelineSpec, build_mixture, plan_source
     from vilaray.data.quarantine import QuarantineActor
 
     if stage not in recipe.stages:
@@ -107,26 +109,27 @@ def run_stage(
     stage_dir = paths.run_dir / stage
     stage_dir.mkdir(parents=True, exist_ok=True)
     data_recipe = recipe.model_copy(update={"model": spec})
-    ledger = QuarantineActor.remote(str(stage_dir), cfg.data.quarantine_samples)
-    mixture = build_mixture(data_recipe, ledger, cfg.data)
-    datasets, shards = {"train": mixture.dataset}, None
+    ledger = None  # the bad-record ledger of the stream (prepare keeps its own)
     if cfg.train.data_mode == "deterministic":
-        prepared = stage_dir / "prepared"
-        if not (prepared / "stats.json").is_file():
-            prepare(data_recipe, stage_dir, stage=stage)
-        shards = [str(p) for p in sorted(prepared.glob("shard-*.parquet"))]
-        datasets = {}
+        # Training reads the prepared shards; the streaming mixture would only be built to be dropped.
+        pipeline, datasets = PipelineSpec.from_recipe(data_recipe, cfg.data), {}
+        shards = _prepared_shards(data_recipe, stage, stage_dir)
+    else:
+        ledger = QuarantineActor.remote(str(stage_dir), cfg.data.quarantine_samples)
+        mixture = build_mixture(data_recipe, ledger, cfg.data)
+        pipeline, datasets, shards = mixture.spec, {"train": mixture.dataset}, None
     job = StageJob(
         stage=stage,
         stage_config=cfg.model_dump(mode="json", exclude_unset=True),
         model_spec=spec.model_dump(mode="json", exclude_unset=True),
         run_dir=str(paths.run_dir),
         export_dir=str(paths.export_dir(stage)),
-        pad_id=mixture.spec.pack.pad_id,
-        image_size=mixture.spec.geometry.image_size,
+        pad_id=pipeline.pack.pad_id,
+        image_size=pipeline.geometry.image_size,
         prepared_shards=shards,
+        trainer_dir=str(Path(paths.storage) / paths.trainer_name(stage)),
         record_sample_ids=record_sample_ids,
-        inject_nonfinite_at=list(inject_nonfinite_at or []),
+        faults=dataclasses.asdict(faults or FaultPlan()),
     )
     data_files = [
         sh.path for name in cfg.data.weights() for sh in plan_source(name, cfg.data.sources[name], cfg.data)
@@ -156,9 +159,38 @@ def run_stage(
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo", timeout_s=t.collective_timeout_s),
     )
-    trainer.fit()
-    ray.get(ledger.write_summary.remote())
+    with ProgressTail(stage_dir, stage, t.max_steps, t.log_every):
+        trainer.fit()
+    if ledger is not None:
+        ray.get(ledger.write_summary.remote())
     return paths.export_dir(stage)
+
+
+def rows_needed(train: TrainConfig) -> int:
+    """Rows a deterministic stage can consume: every step's micro-batches on every rank, plus one
+    replacement micro-batch per rank for each non-finite skip the policy allows."""
+    per_micro = train.micro_batch_size * train.num_workers
+    skips = train.max_nonfinite_skips if train.on_nonfinite == "skip" else 0
+    return per_micro * (train.max_steps * train.grad_accum + skips)
+
+
+def _prepared_shards(recipe: Recipe, stage: str, stage_dir: Path) -> list[str]:
+    """The stage's prepared shards, materialised up to the rows it can consume. Preparation keeps order,
+    so a longer run (a resume with more steps) re-prepares the same rows followed by the next ones."""
+    from vilaray.data.prepare import prepare
+
+    prepared = stage_dir / "prepared"
+    need = rows_needed(recipe.stages[stage].train)
+    stats = prepared / "stats.json"
+    if stats.is_file():
+        meta = json.loads(stats.read_text())
+        cap, have = meta.get("max_rows"), meta.get("stream", {}).get("rows", 0)
+        # Complete: the whole mixture, enough rows, or a mixture that ran dry before the cap. Shards copied
+        # in by hand (no stream recorded) are taken as they are.
+        complete = cap is None or "stream" not in meta or have >= need or have < cap
+    if not stats.is_file() or not complete:
+        prepare(recipe, stage_dir, max_rows=need, stage=stage)
+    return [str(p) for p in sorted(prepared.glob("shard-*.parquet"))]
 
 
 def _validation_rows(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
@@ -175,7 +207,10 @@ def _validation_rows(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
         )
     empty = sorted(name for name, f in found.items() if not f["rows"])
     if empty:
-        print(f"validation: no held-out rows for {empty} at data.holdout={cfg.data.holdout}", flush=True)
+        print(
+            f"[{stage_dir.name}] validation: no held-out rows for {empty} at data.holdout={cfg.data.holdout}",
+            flush=True,
+        )
     return ray.put(table)
 
 

@@ -1,0 +1,133 @@
+"""Every command README.md and cluster/ show, run as written: overrides only point the recipe at the
+session's world and model and shrink steps. The training commands are the session's `tiny_run` (pretrain.py
+in its own process on a fresh local Ray that vilaray sizes itself, no `--num-cpus`); their consoles are
+checked for people."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "jobs/recipes/tiny.yaml"
+# Lines a person should never see on a job's console: Ray's internals (they go to files under the run).
+INTERNALS = ("core_worker", "raylet", "PlacementGroupCleaner", "Deprecat", "gcs_", "(pid=")
+
+
+def shrunk(world_dir: Path, assets_dir: Path, run_root: Path, *extra: str) -> list[str]:
+    """`--set` overrides that point the tiny recipe at the session's tiny world and shrink its steps."""
+    sets = [
+        f"model.path={assets_dir}",
+        f"defaults.data.root={world_dir}",
+        f"run_root={run_root}",
+        f"stages.sft.evaluation.data_root={world_dir}",
+        "stages.sft.evaluation.limit=2",
+        *(f"stages.{s}.train.max_steps=2" for s in ("align", "pretrain", "sft")),
+        *extra,
+    ]
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def assert_console_for_people(text: str) -> None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    leaked = [line for line in lines if any(token in line for token in INTERNALS)]
+    assert not leaked, "Ray internals on the console:\n" + "\n".join(leaked[:20])
+    twice = [line for line, n in Counter(lines).items() if n > 1]
+    assert not twice, "lines printed more than once:\n" + "\n".join(twice[:20])
+
+
+@pytest.mark.slow
+def test_pretrain_command_on_a_fresh_local_ray_speaks_to_people(tiny_run):
+    """`python jobs/pretrain.py --recipe jobs/recipes/tiny.yaml` as a user runs it (the session's
+    `tiny_run`): its own local Ray, sized by vilaray (5 tokenizer actors and 2 train workers in the
+    pretrain stage were refused with one slot per core), and a console that speaks to people."""
+    run_dir, console = tiny_run.paths.run_dir, tiny_run.consoles["pretrain"]
+    for stage in ("align", "pretrain"):
+        last = tiny_run.recipe.stages[stage].train.max_steps
+        assert (run_dir / stage / "export" / "config.json").is_file()
+        assert f"[{stage}] step {last}/{last} loss" in console and f"[{stage}] what trains:" in console
+        assert f"[{stage}] export: {run_dir / stage / 'export'}" in console
+    assert_console_for_people(console)
+    # Ray's own logs are kept, under the run: the driver's records and a link to the session's files.
+    assert (run_dir / "logs" / "driver.log").is_file()
+    assert (run_dir / "logs" / "ray").is_symlink() and any((run_dir / "logs" / "ray").glob("worker-*"))
+
+
+@pytest.mark.slow
+def test_sft_and_evaluate_commands(tiny_run, small_world_dir, capsys):
+    import evaluate
+
+    # python jobs/sft.py --recipe jobs/recipes/tiny.yaml (run by `tiny_run` through its main)
+    last = tiny_run.recipe.stages["sft"].train.max_steps
+    assert f"[sft] step {last}/{last} loss" in tiny_run.consoles["sft"]
+    assert_console_for_people(tiny_run.consoles["sft"])
+    # python jobs/evaluate.py --model runs/demo/sft/export --model runs/demo/pretrain/export --shots 0,4
+    models = [str(tiny_run.exports[s]) for s in ("sft", "pretrain")]
+    out_dir = tiny_run.paths.run_dir / "eval"
+    argv = ["--model", models[0], "--model", models[1], "--shots", "0,4"]
+    assert (
+        evaluate.main([*argv, "--data-root", str(small_world_dir), "--limit", "2", "--out", str(out_dir)])
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert all(m in table for m in models) and "4-shot" in table
+    result = json.loads((out_dir / "results.json").read_text())
+    assert result["meta"]["shots"] == [0, 4] and result["meta"]["models"] == models
+    assert_console_for_people(table)
+
+
+@pytest.mark.parametrize("job", ["pretrain", "sft"])
+def test_dry_run_validates_without_training(job, world_dir, assets_dir, tmp_path, capsys):
+    module = __import__(job)
+    assert module.main(["--recipe", TINY, "--dry-run", *shrunk(world_dir, assets_dir, tmp_path)]) == 0
+    out = capsys.readouterr().out
+    stages = ["align", "pretrain"] if job == "pretrain" else ["sft"]
+    assert all(f"[{s}] zero 2, 2 workers" in out for s in stages)
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_prepare_data_with_and_without_stage(ray_session, world_dir, assets_dir, tmp_path, capsys):
+    import prepare_data
+
+    # README: --stage pretrain --set stages.pretrain.data.mix.interleaved_mmc4=0.3
+    readme = ["--stage", "pretrain", "--set", "stages.pretrain.data.mix.interleaved_mmc4=0.3"]
+    argv = ["--recipe", TINY, *shrunk(world_dir, assets_dir, tmp_path)]
+    assert prepare_data.main([*argv, *readme, "--run-name", "pretrain"]) == 0
+    stats = json.loads((tmp_path / "pretrain" / "prepared" / "stats.json").read_text())
+    weights = stats["mixture"]["token_weights"]
+    assert stats["stage"] == "pretrain" and len(weights) == 5
+    assert weights["interleaved_mmc4"] == pytest.approx(0.3 / 1.2)  # the override, renormalised
+    assert "packing efficiency" in capsys.readouterr().out
+    # cluster/: no --stage, so the recipe's first stage's data (align: pairs only).
+    assert prepare_data.main([*argv, "--run-name", "first"]) == 0
+    stats = json.loads((tmp_path / "first" / "prepared" / "stats.json").read_text())
+    assert stats["stage"] is None and list(stats["mixture"]["token_weights"]) == ["pairs"]
+    assert_console_for_people(capsys.readouterr().out)
+    # A stage the recipe does not have is refused naming the stages it has.
+    assert prepare_data.main([*argv, "--stage", "nope"]) == 2
+    assert "stages are ['align', 'pretrain', 'sft']" in capsys.readouterr().err
+
+
+def test_make_world_command_reuses_a_built_world(world, assets_dir, capsys):
+    import make_world
+
+    # python jobs/make_world.py --scale small [--photo], on the session's (tiny, photo) world: both
+    # builders find their outputs and keep them.
+    argv = ["--out", str(world.root), "--assets", str(assets_dir), "--scale", "tiny", "--photo"]
+    before = (world.root / "manifest.json").read_bytes()
+    assert make_world.main(argv) == 0
+    assert (world.root / "manifest.json").read_bytes() == before
+    assert f"tiny assets: {assets_dir}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bench", ["data", "train", "eval"])
+def test_benchmark_commands_parse(bench):
+    import benchmark
+
+    # python jobs/benchmark.py data|train|eval (their runs are tests/test_benchmark.py's)
+    args = benchmark.build_parser().parse_args([bench])
+    config = benchmark.config_from_args(benchmark.get_benchmark(bench), args)
+    assert args.benchmark == bench and config == benchmark.get_benchmark(bench).config()
