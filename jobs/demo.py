@@ -89,14 +89,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     phases = Phases()
+    paths = run_paths(recipe, RUN_NAME, None)
+    logs = init_job(paths.run_dir)  # logical CPUs above a laptop's cores: vilaray.runtime.LOCAL_LOGICAL_CPUS
+    print(f"[demo] Ray's own logs: {logs}", flush=True)
     data = recipe.data_for("pretrain")
     build_world(data.root, seed=recipe.seed, scale="small")
     build_assets(data.root, recipe.model.path)
     phases.done("world + tiny assets")
-
-    paths = run_paths(recipe, RUN_NAME, None)
-    logs = init_job(paths.run_dir)  # logical CPUs above a laptop's cores: vilaray.runtime.LOCAL_LOGICAL_CPUS
-    print(f"[demo] Ray's own logs: {logs}", flush=True)
     with point_to_logs_on_failure(paths.run_dir):
         # A look at the pretrain mixture: its first rows through the same pipeline the stage streams from.
         result = prepare(recipe, paths.run_dir, stage="pretrain", max_rows=PREPARE_ROWS)

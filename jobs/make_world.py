@@ -3,8 +3,10 @@
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import _bootstrap  # noqa: F401
+from vilaray.console import quiet_console
 from vilaray.synth.assets import build_assets
 from vilaray.synth.world import build_world
 
@@ -16,10 +18,15 @@ def main(argv=None) -> int:
     p.add_argument("--scale", default="small")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--photo", action="store_true", help="also write the photo-like ~512 px JPEG variant")
+    p.add_argument("--logs", default="runs/make_world", help="folder for library logs (default: %(default)s)")
     args = p.parse_args(argv)
+    quiet_console(Path(args.logs))  # transformers' save-time warnings and bars go to <logs>/logs
     t0 = time.time()
     manifest = build_world(args.out, seed=args.seed, scale=args.scale, photo=args.photo)
-    print(f"world: {args.out} ({time.time() - t0:.1f}s) {manifest}")
+    print(
+        f"world: {args.out} ({time.time() - t0:.1f}s): scale {manifest.scale.name}, seed {manifest.seed}, "
+        f"photo variant {'yes' if manifest.photo else 'no'}, {sum(len(f) for f in manifest.files.values())} files"
+    )
     t0 = time.time()
     build_assets(args.out, args.assets)
     print(f"tiny assets: {args.assets} ({time.time() - t0:.1f}s)")

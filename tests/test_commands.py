@@ -111,16 +111,19 @@ def test_prepare_data_with_and_without_stage(ray_session, world_dir, assets_dir,
     assert "stages are ['align', 'pretrain', 'sft']" in capsys.readouterr().err
 
 
-def test_make_world_command_reuses_a_built_world(world, assets_dir, capsys):
+def test_make_world_command_reuses_a_built_world(world, assets_dir, tmp_path, capsys):
     import make_world
 
     # python jobs/make_world.py --scale small [--photo], on the session's (tiny, photo) world: both
     # builders find their outputs and keep them.
     argv = ["--out", str(world.root), "--assets", str(assets_dir), "--scale", "tiny", "--photo"]
+    argv += ["--logs", str(tmp_path)]  # not runs/ in the checkout
     before = (world.root / "manifest.json").read_bytes()
     assert make_world.main(argv) == 0
     assert (world.root / "manifest.json").read_bytes() == before
-    assert f"tiny assets: {assets_dir}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"tiny assets: {assets_dir}" in out and "scale tiny, seed 0, photo variant yes" in out
+    assert_console_for_people(out)
 
 
 @pytest.mark.parametrize("bench", ["data", "train", "eval"])

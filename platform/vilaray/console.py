@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # Driver-side loggers whose records are internals, not progress: each gets the file handler only.
-INTERNAL_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "py.warnings", "deepspeed")
+INTERNAL_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "py.warnings", "DeepSpeed")
 DRIVER_LOG = "driver.log"
 NATIVE_LOG = "driver-native.log"  # fd 2 of the driver: Ray's C++ core, a local Ray's raylet and GCS
 
@@ -37,6 +37,7 @@ def quiet_console(run_dir: Path) -> Path:
     handler = logging.FileHandler(folder / DRIVER_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.set_name("vilaray-internal")
+    _import_deepspeed_into(folder / DRIVER_LOG)
     for name in INTERNAL_LOGGERS:
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
@@ -65,6 +66,13 @@ def route_native_stderr(folder: Path) -> None:
     os.dup2(log_fd, 2)
     os.close(log_fd)
     sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+
+
+def _import_deepspeed_into(log: Path) -> None:
+    """DeepSpeed's logger writes to stdout from its import on (which accelerator it picked, op checks):
+    import it with stdout pointed at the log, so its handler can be swapped for ours like Ray's."""
+    with contextlib.suppress(ImportError), log.open("a") as f, contextlib.redirect_stdout(f):
+        import deepspeed  # noqa: F401
 
 
 def _quiet_transformers() -> None:
