@@ -42,6 +42,8 @@ def quiet_console(run_dir: Path) -> Path:
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             logger.removeHandler(old)
+            if old.get_name() == handler.get_name():  # ours from an earlier call: release its file
+                old.close()
         logger.addHandler(handler)
         logger.propagate = False
     logging.captureWarnings(True)  # warnings.warn(...) -> the `py.warnings` logger -> the file
