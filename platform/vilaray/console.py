@@ -113,7 +113,7 @@ def point_to_logs_on_failure(run_dir: Path) -> Iterator[None]:
     except BaseException:
         folder = logs_dir(run_dir)
         print(
-            f"error: see the traceback below; Ray's logs: {folder / 'ray'} (workers, raylet), "
+            f"Ray's logs for this run: {folder / 'ray'} (workers, raylet), "
             f"{folder / DRIVER_LOG} and {folder / NATIVE_LOG} (driver)",
             file=sys.stderr,
             flush=True,
