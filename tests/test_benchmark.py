@@ -78,3 +78,27 @@ def test_eval_benchmark_compares_batched_ray_data_with_one_at_a_time(ray_session
     assert out["one_at_a_time"]["items_per_s"] > 0 and out["ray_batched"]["items_per_s"] > 0
     assert 0.9 <= out["agreement"] <= 1.0  # greedy: batching changes (almost) nothing
     assert out["passed"] == (not out["failures"]) and "prompts/s" in report.table()
+
+
+def test_attention_benchmark_compares_packed_sdpa_with_masked_sdpa(bench_root):
+    """In one process: both implementations on the same packed and unpacked rows, with the same losses;
+    packed_sdpa's speed against sdpa's is the benchmark's floor (it skips the masked-out blocks that sdpa
+    computes, several times the work on 1024-token rows of the world's documents)."""
+    from vilaray.bench import get_benchmark
+    from vilaray.bench.attention import AttentionBenchConfig
+
+    report = get_benchmark("attention").run(
+        AttentionBenchConfig(steps=3, warmup=1, lengths_root=str(bench_root))
+    )
+    out = json.loads(json.dumps(report.to_dict()))
+    assert {(r["variant"], r["packing"]) for r in out["results"]} == {
+        (a, p) for a in ("sdpa", "packed_sdpa") for p in (True, False)
+    }
+    for r in out["results"]:
+        assert r["step_s"] > 0 and math.isfinite(r["final_loss"]) and r["vs_baseline"] > 0
+    assert set(out["loss_diff"]) == {
+        f"{a} packing {p}" for a in ("sdpa", "packed_sdpa") for p in ("on", "off")
+    }
+    assert all(d <= 1e-4 for d in out["loss_diff"].values())
+    assert out["failures"] == [] and out["passed"], report.table()
+    assert "packed_sdpa" in report.table()

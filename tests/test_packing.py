@@ -14,6 +14,7 @@ from vilaray.data.readers import get_reader
 from vilaray.data.tokenize import EncodeConfig, SampleEncoder
 from vilaray.model.geometry import read_geometry
 from vilaray.model.inputs import per_sample_losses, pixels_to_model
+from vilaray.model.packed_attention import PACKED_SDPA, packed_kwargs
 
 
 def world_samples(world_dir, fmt: str, path: str, n: int) -> list[dict]:
@@ -53,13 +54,15 @@ def forward_losses(model, rows: list[dict], pad_id: int) -> list[list[float]]:
             position_ids=t["position_ids"],
             # A KV cache turns off transformers' packed-sequence detection; training never uses one.
             use_cache=False,
+            **(packed_kwargs(t["position_ids"]) if model.config._attn_implementation == PACKED_SDPA else {}),
         )
     return per_sample_losses(out.logits, t["labels"], [list(r["seq_lens"]) for r in rows])
 
 
 # sdpa gets a dense block-causal mask from transformers; flex_attention (the GPU recipes' choice) a
-# BlockMask built from the same restarting position ids, with no dense mask. Both must isolate documents.
-@pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
+# BlockMask built from the same restarting position ids, with no dense mask; packed_sdpa (vilaray's CPU
+# default) one SDPA call per document. All must isolate documents.
+@pytest.mark.parametrize("attn", ["sdpa", "flex_attention", PACKED_SDPA])
 def test_packed_loss_equals_unpacked(tokenized, tokenizer, assets_dir, attn):
     from transformers import AutoModelForImageTextToText
 
@@ -79,7 +82,8 @@ def test_packed_loss_equals_unpacked(tokenized, tokenizer, assets_dir, attn):
     else:
         # Each sample alone in a row padded to seq_len (the pad tail comes after it, so causality alone
         # keeps it out of the sample's loss), all in one forward: flex_attention compiles once per shape,
-        # and a shape per sample would spend the test compiling.
+        # and a shape per sample would spend the test compiling. For packed_sdpa the pad tail is a
+        # document of its own.
         rows = [build_row([s], cfg, cfg.seq_len) for s in tokenized]
         alone = {
             r["sample_ids"][0]: losses[0] for r, losses in zip(rows, forward_losses(model, rows, cfg.pad_id))

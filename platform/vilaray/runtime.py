@@ -58,6 +58,9 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs
         # each time a job has started 4x, 6x... that many; a stage's actors (tokenizers, train workers,
         # ledger, controller) always would on a laptop. Start up to one per logical CPU instead.
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(int(cpus)))
+        # Ray Train's controller polls its workers every 2 s by default: each stage's start, each checkpoint
+        # report and its end wait for a poll. A local Ray's processes inherit this; a cluster sets its own.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         ray.init(
             address="local",
             num_cpus=cpus,

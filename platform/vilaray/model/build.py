@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vilaray.model.geometry import ImageGeometry
+from vilaray.model.packed_attention import PACKED_SDPA
 from vilaray.model.projectors import Projector, get_projector
 from vilaray.model.spec import ComponentSource, ModelSpec
 from vilaray.model.vlm import VisionLanguageModel
@@ -334,6 +335,8 @@ def build_model(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> BuiltVLM
     if spec.projector_weights:
         _load_projector_weights(parts.projector, spec.projector_weights)
     tower, lm = parts.vision_tower, parts.language_model
+    if spec.attn_implementation is None:
+        lm.set_attn_implementation(PACKED_SDPA)
     _check_projector_fits(
         parts.projector, tower.config.hidden_size, lm.config.hidden_size, spec.path or "model"
     )

@@ -122,7 +122,8 @@ class ModelSpec(Strict):
     # saved directory's value, or -2 for a fresh build.
     vision_feature_layer: int | None = None
     image_token: str = "<image>"
-    # None: transformers' default (sdpa); e.g. flash_attention_2 or flex_attention on GPUs.
+    # None: `packed_sdpa` for the LLM (SDPA per packed document, vilaray.model.packed_attention) and
+    # transformers' default (sdpa) for the tower; e.g. flash_attention_2 or flex_attention on GPUs.
     attn_implementation: str | None = None
 
     @field_validator("projector")

@@ -10,6 +10,7 @@ from torch import nn
 
 from vilaray.model.geometry import ImageGeometry
 from vilaray.model.inputs import pixels_to_model, shifted_token_losses
+from vilaray.model.packed_attention import PACKED_SDPA, packed_kwargs
 from vilaray.model.projectors import Projector
 
 # Tower children after the encoder (SigLIP/CLIP post-layernorm, SigLIP's pooling head): the projector's
@@ -159,6 +160,10 @@ class VisionLanguageModel(nn.Module):
     def image_std(self) -> list[float]:
         return list(self.image_processor.image_std)
 
+    @property
+    def packed_attention(self) -> bool:
+        return self.language_model.config._attn_implementation == PACKED_SDPA
+
     def used_encoder_layers(self) -> int:
         """How many encoder layers feed the projector (hidden_states[0] is the embeddings' output)."""
         n = len(encoder_layers(self.vision_tower)[1])
@@ -213,10 +218,12 @@ class VisionLanguageModel(nn.Module):
                     device=embeds.device,
                 )
                 embeds = embeds + 0.0 * self.encode_images(dummy).sum().to(embeds.dtype)
-        # attention_mask=None + no cache: transformers then derives a per-document causal mask from
-        # position ids that restart at 0 (packed rows); a KV cache would switch that detection off.
+        # attention_mask=None + no cache: each packed document attends only to itself. `packed_sdpa` gets the
+        # documents' bounds; other implementations derive a block-diagonal mask from the restarting
+        # position ids (flash-attention's varlen path does the same from them).
+        packed = packed_kwargs(position_ids) if self.packed_attention else {}
         out = self.language_model(
-            inputs_embeds=embeds, position_ids=position_ids, attention_mask=None, use_cache=False
+            inputs_embeds=embeds, position_ids=position_ids, attention_mask=None, use_cache=False, **packed
         )
         losses = None if labels is None else shifted_token_losses(out.logits, labels)
         return VLMOutput(logits=out.logits, token_losses=losses)
