@@ -76,7 +76,7 @@ def test_job_submit_ships_vilaray_to_a_cluster_without_it(tmp_path, world_dir, a
         while subprocess.run([str(BIN / "ray"), "job", "list", f"--address={address}"], env=env,
                              capture_output=True).returncode:  # fmt: skip
             assert time.time() < deadline, "the head node did not come up"
-            time.sleep(2)
+            time.sleep(0.5)
         overrides = {
             "model.path": str(assets_dir),
             "defaults.data.root": str(world_dir),
@@ -92,13 +92,13 @@ def test_job_submit_ships_vilaray_to_a_cluster_without_it(tmp_path, world_dir, a
                "--recipe", "jobs/recipes/tiny.yaml", "--stage", "align"]  # fmt: skip
         for k, v in overrides.items():
             cmd += ["--set", f"{k}={v}"]
-        for _ in range(30):
+        for _ in range(120):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             logs = out.stdout + out.stderr
             # The head answers before its job agent has registered; submitting then is refused.
             if "No available agent to submit job" not in logs:
                 break
-            time.sleep(2)
+            time.sleep(0.5)
         assert out.returncode == 0, logs[-4000:]
         assert "succeeded" in logs
         # Workers imported vilaray from the job's runtime environment, not from an installed package.
