@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUITE = Path(__file__).resolve().parent.parent / "evals" / "shapes.yaml"
+from conftest import SUITE
 
 
 def assert_eval_matches_export(stage_dir: Path, step: int, evaluation: dict, data_root: Path) -> None:

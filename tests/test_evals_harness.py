@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SUITE
 from vilaray.evals.harness import (
     baseline_result,
     evaluate_model,
@@ -21,8 +22,6 @@ from vilaray.evals.harness import (
 from vilaray.evals.prompts import ShotLeak, build_prompt, draw_shots
 from vilaray.evals.tasks import TaskFileError, load_split, load_suite
 from vilaray.synth.chats import BRIEF_PROMPTS, SHORT_ANSWER
-
-SUITE = Path(__file__).resolve().parents[1] / "evals" / "shapes.yaml"
 
 
 def suite_copy(tmp_path: Path, edit=None) -> Path:

@@ -1,5 +1,5 @@
-"""The three VILA stages end to end on the tiny recipe (streaming mode), and the checks that refuse a stage
-before any worker starts."""
+"""The three VILA stages end to end on the shipped tiny recipe (the session's `tiny_run`), and the checks
+that refuse a stage before any worker starts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _training_eval import SUITE, assert_eval_matches_export
+from _training_eval import assert_eval_matches_export
 from _wandb_records import history
 from conftest import TINY_RUN_EVALUATION
 from vilaray.config import RecipeError, load_recipe
@@ -20,28 +20,13 @@ TINY = ROOT / "jobs" / "recipes" / "tiny.yaml"
 
 
 def tiny(world_dir, assets_dir, run_root, *extra: str):
+    """The shipped tiny recipe pointed at the session's world, assets and a run root."""
     overrides = [
         f"model.path={assets_dir}",
         f"defaults.data.root={world_dir}",
-        "defaults.data.seq_len=512",
-        "defaults.data.encode_cpus=0.25",
-        "defaults.train.num_workers=1",
-        "defaults.train.cpus_per_worker=0.5",
-        "defaults.train.checkpoint_every=4",
         f"run_root={run_root}",
-        "defaults.validation.every=2",
-        "defaults.train.wandb.project=vilaray-tests",
-        # The last stage runs the benchmark suite inside training at its last step.
-        "stages.sft.evaluation.every=4",
-        f"stages.sft.evaluation.suite={SUITE}",
-        f"stages.sft.evaluation.data_root={world_dir}",
-        "stages.sft.evaluation.limit=6",
-        "stages.sft.evaluation.tasks=null",  # all of the suite's tasks
-        "stages.sft.evaluation.shots=[0,4]",
         *extra,
     ]
-    for stage in ("align", "pretrain", "sft"):
-        overrides.append(f"stages.{stage}.train.max_steps=4")
     return load_recipe(TINY, overrides)
 
 

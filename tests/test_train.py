@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _training_eval import SUITE, assert_eval_matches_export
-from conftest import base_recipe
+from _training_eval import assert_eval_matches_export
+from conftest import SUITE, base_recipe
 from vilaray.config import recipe_from_dict
 from vilaray.data.holdout import held_out
 from vilaray.data.prepare import prepare
