@@ -61,21 +61,25 @@ def packed_sdpa_attention(
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     bounds = cu.tolist()
-    rows: list[list[torch.Tensor]] = [[] for _ in range(b)]
+    lengths: list[list[int]] = [[] for _ in range(b)]
     for start, end in zip(bounds[:-1], bounds[1:]):
-        row, s = divmod(start, t)
-        e = s + end - start
-        rows[row].append(
-            F.scaled_dot_product_attention(
-                query[row : row + 1, :, s:e],
-                key[row : row + 1, :, s:e],
-                value[row : row + 1, :, s:e],
-                dropout_p=dropout,
-                scale=scaling,
-                is_causal=True,
+        lengths[start // t].append(end - start)
+    # unbind/split rather than slicing: their backward is one stack/cat, not a zero-filled copy per document.
+    rows = []
+    for q, k, v, lens in zip(query.unbind(0), key.unbind(0), value.unbind(0), lengths):
+        docs = zip(q.split(lens, dim=1), k.split(lens, dim=1), v.split(lens, dim=1))
+        rows.append(
+            torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        qd, kd, vd, dropout_p=dropout, scale=scaling, is_causal=True
+                    )
+                    for qd, kd, vd in docs
+                ],
+                dim=1,
             )
         )
-    out = torch.cat([torch.cat(parts, dim=2) for parts in rows], dim=0)  # [B, H, T, D]
+    out = torch.stack(rows)  # [B, H, T, D]
     return out.transpose(1, 2).contiguous(), None
 
 
