@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -153,46 +152,17 @@ def as_flags(overrides: list[str]) -> list[str]:
     return [arg for s in overrides for arg in ("--set", s)]
 
 
-@dataclass
-class TinyPretrain:
-    """`jobs/pretrain.py` on the shipped tiny recipe, running in a process of its own."""
-
-    proc: subprocess.Popen
-    argv: list[str]
-    overrides: list[str]
-    out: Path
-    err: Path
-
-    def wait(self) -> str:
-        """Wait for it to finish; what it printed (stdout, then stderr)."""
-        rc = self.proc.wait(timeout=3600)
-        console = self.out.read_text() + self.err.read_text()
-        assert rc == 0, console[-6000:]
-        return console
-
-
-# Tests that read the tiny-recipe run go last (pytest_collection_modifyitems), so its pretraining process
-# (a fresh local Ray, ~3 minutes of a CPU-bound run) overlaps everything before them: Ray's start-ups,
-# polls and single-threaded phases leave cores idle that it fills.
-TINY_RUN_WANTED = pytest.StashKey[bool]()
-
-
-def pytest_collection_modifyitems(config, items):
-    reads = [item for item in items if "tiny_run" in getattr(item, "fixturenames", ())]
-    items[:] = [item for item in items if item not in reads] + reads
-    config.stash[TINY_RUN_WANTED] = bool(reads)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _start_tiny_pretrain_early(request):
-    if request.config.stash.get(TINY_RUN_WANTED, False):
-        request.getfixturevalue("tiny_pretrain")
-
-
 @pytest.fixture(scope="session")
-def tiny_pretrain(ray_session, small_world_dir, small_assets_dir, tmp_path_factory):
-    """Starts the README's `python jobs/pretrain.py --recipe jobs/recipes/tiny.yaml` (align + pretrain) on
-    the demo-sized world, with no RAY_ADDRESS: a fresh local Ray that vilaray sizes itself."""
+def tiny_run(ray_session, small_world_dir, small_assets_dir, tmp_path_factory) -> TinyRun:
+    """The README's training commands on the shipped tiny recipe and the demo-sized world, as `make demo`
+    trains: `python jobs/pretrain.py --recipe jobs/recipes/tiny.yaml` in a process of its own (no
+    RAY_ADDRESS, so a fresh local Ray that vilaray sizes itself), then `python jobs/sft.py --recipe ...`
+    through its `main` on the session's Ray. The floors, stage-chain, validation, wandb, export and
+    in-training-eval parity and console checks all read this one run."""
+    import sft
+    from vilaray.config import load_recipe
+    from vilaray.train.runner import run_paths
+
     run_root = tmp_path_factory.mktemp("tiny_run")
     overrides = tiny_run_sets(small_world_dir, small_assets_dir, run_root)
     argv = ["--recipe", str(TINY_RECIPE.relative_to(ROOT)), *as_flags(overrides)]
@@ -200,41 +170,18 @@ def tiny_pretrain(ray_session, small_world_dir, small_assets_dir, tmp_path_facto
     session_only = ("RAY_ADDRESS", "PYTHONPATH", "RAY_worker_maximum_startup_concurrency",
                     "RAY_enable_output_error_log_if_still_retry", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in session_only}
-    out, err = run_root / "pretrain.out", run_root / "pretrain.err"
-    with out.open("w") as o, err.open("w") as e:
-        proc = subprocess.Popen(
-            [sys.executable, "jobs/pretrain.py", *argv], cwd=ROOT, env=env, stdout=o, stderr=e,
-            start_new_session=True,
-        )  # fmt: skip
-    yield TinyPretrain(proc, argv, overrides, out, err)
-    if proc.poll() is None:  # the session ended before a test waited for it: stop it and its local Ray
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tiny_pretrain) -> TinyRun:
-    """The README's training commands on the shipped tiny recipe and the demo-sized world, as `make demo`
-    trains: `jobs/pretrain.py` in a process of its own (started with the session, see `tiny_pretrain`),
-    then `python jobs/sft.py --recipe ...` through its `main` on the session's Ray. The floors,
-    stage-chain, validation, wandb, export and in-training-eval parity and console checks all read this
-    one run."""
-    import sft
-    from vilaray.config import load_recipe
-    from vilaray.train.runner import run_paths
-
-    pretrain_console = tiny_pretrain.wait()
+    pretrain = subprocess.run(
+        [sys.executable, "jobs/pretrain.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=3600,
+    )  # fmt: skip
+    assert pretrain.returncode == 0, (pretrain.stdout + pretrain.stderr)[-6000:]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert sft.main(tiny_pretrain.argv) == 0, err.getvalue()[-6000:]
-    recipe = load_recipe(TINY_RECIPE, tiny_pretrain.overrides)
+        assert sft.main(argv) == 0, err.getvalue()[-6000:]
+    recipe = load_recipe(TINY_RECIPE, overrides)
     paths = run_paths(recipe, None, None)
     exports = {stage: paths.export_dir(stage) for stage in recipe.stages}
-    consoles = {"pretrain": pretrain_console, "sft": out.getvalue() + err.getvalue()}
+    consoles = {"pretrain": pretrain.stdout + pretrain.stderr, "sft": out.getvalue() + err.getvalue()}
     return TinyRun(recipe, paths, exports, consoles)
 
 
