@@ -52,6 +52,11 @@ class DeepSpeedStrategy(Strategy):
     def setup(self, model: torch.nn.Module, param_groups: list[dict]) -> None:
         import deepspeed
 
+        if not self.on_gpu:
+            # DeepSpeed's comm layer compiles its shared-memory all-reduce on CPU (~20 s, again for every
+            # new venv path) for tensor-parallel inference; ZeRO training never calls it. Its cached
+            # op-compatibility table is the documented switch (edits persist).
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         cfg = self.cfg
         optimizer = make_optimizer(cfg, param_groups, self.on_gpu)
         schedule = functools.partial(
