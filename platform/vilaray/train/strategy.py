@@ -54,8 +54,8 @@ class DeepSpeedStrategy(Strategy):
 
         if not self.on_gpu:
             # DeepSpeed's comm layer compiles its shared-memory all-reduce on CPU (~20 s, again for every
-            # new venv path) for tensor-parallel inference; ZeRO training never calls it. Its cached
-            # op-compatibility table is the documented switch (edits persist).
+            # new venv path) for tensor-parallel inference; ZeRO training never calls it. An op marked
+            # incompatible in DeepSpeed's cached compatibility table (one module dict) is not built.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         cfg = self.cfg
         optimizer = make_optimizer(cfg, param_groups, self.on_gpu)
