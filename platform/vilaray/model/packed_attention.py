@@ -31,12 +31,9 @@ def segment_bounds(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def packed_kwargs(position_ids: torch.Tensor | None) -> dict:
-    """The varlen kwargs a forward passes down to `packed_sdpa` (transformers' flash-attention names)."""
-    if position_ids is None:
-        return {}
-    cu = segment_bounds(position_ids)
-    longest = int((cu[1:] - cu[:-1]).max())
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+    """The kwarg a forward passes down to `packed_sdpa`: the documents' bounds, under the name transformers'
+    flash-attention path uses for them."""
+    return {} if position_ids is None else {"cu_seq_lens_q": segment_bounds(position_ids)}
 
 
 def packed_sdpa_attention(
