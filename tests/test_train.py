@@ -60,6 +60,7 @@ def stage_recipe(
 
 
 def run(raw: dict, run_name: str, **kw):
+    """The stage through `run_stage`: Ray Train by default, `launcher="local"` for one rank in this process."""
     recipe = recipe_from_dict(raw)
     paths = run_paths(recipe, run_name, None)
     run_stage(recipe, "align", paths, record_sample_ids=True, **kw)
@@ -86,9 +87,11 @@ def sample_ids(stage_dir: Path) -> dict[int, list[str]]:
 
 @pytest.fixture(scope="module")
 def shared_prepared(ray_session, world_dir, assets_dir, tmp_path_factory):
-    """One prepared (deterministic) mixture every run in this module trains on."""
+    """One prepared (deterministic) mixture every run in this module trains on, and the single-process
+    reference: the same trainer as one rank in this process (no Ray Train), DeepSpeed without ZeRO."""
     root = tmp_path_factory.mktemp("train")
-    stage_dir = run(stage_recipe(world_dir, assets_dir, root, {"num_workers": 1, "zero_stage": 0}), "single")
+    raw = stage_recipe(world_dir, assets_dir, root, {"num_workers": 1, "zero_stage": 0})
+    stage_dir = run(raw, "single", launcher="local")
     return root, stage_dir
 
 
@@ -237,14 +240,15 @@ def test_zero3_lora_downsample_text_only_rank_and_export_parity(ray_session, wor
 
 
 def test_nonfinite_loss_skip_records_and_stop_names_the_step(shared_prepared, world_dir, assets_dir):
-    """`skip`: the NaN micro-batch is dropped on every rank, replaced by the next one (accumulation stays
-    aligned), recorded and counted, and the run finishes; `stop`: the run fails naming the step, and the
-    worker's error reaches the driver. Both train on the module's prepared rows."""
+    """`skip` (one rank in this process): the NaN micro-batch is dropped, replaced by the next one
+    (accumulation stays aligned), recorded and counted, and the run finishes; `stop` (a Ray Train worker):
+    the run fails naming the step, and the worker's error reaches the driver. Both train on the module's
+    prepared rows."""
     root, single = shared_prepared
     copy_prepared(single, root, "skip")
-    train = {"num_workers": 2, "max_steps": 4, "grad_accum": 2, "micro_batch_size": 1, "on_nonfinite": "skip"}
+    train = {"num_workers": 1, "max_steps": 4, "grad_accum": 2, "micro_batch_size": 1, "on_nonfinite": "skip"}
     raw = stage_recipe(world_dir, assets_dir, root, train)
-    stage_dir = run(raw, "skip", faults=FaultPlan(nonfinite_at=[3]))
+    stage_dir = run(raw, "skip", faults=FaultPlan(nonfinite_at=[3]), launcher="local")
     rows = metrics(stage_dir)
     assert [rows[s]["nonfinite_skipped"] for s in (1, 2, 3, 4)] == [0, 0, 1, 1]
     assert all(math.isfinite(r["loss"]) for r in rows.values())
@@ -257,6 +261,24 @@ def test_nonfinite_loss_skip_records_and_stop_names_the_step(shared_prepared, wo
     assert (stage_dir / "export" / "config.json").is_file()
 
     copy_prepared(single, root, "stop")
-    raw["stages"]["align"]["train"] |= {"on_nonfinite": "stop", "num_workers": 1}
+    raw["stages"]["align"]["train"] |= {"on_nonfinite": "stop"}
     with pytest.raises(Exception, match="non-finite loss at step 2"):
         run(raw, "stop", faults=FaultPlan(nonfinite_at=[2]))
+
+
+def test_stop_at_step_and_resume_in_one_process(shared_prepared, world_dir, assets_dir):
+    """The trainer's resume accounting without Ray Train: `stop_at_step` checkpoints and ends an invocation
+    without an export or a change of LR schedule; the next invocation of the same run resumes from that
+    checkpoint on exactly the rows the single-process run took next, to its losses."""
+    root, single = shared_prepared
+    copy_prepared(single, root, "resume")
+    train = {"num_workers": 1, "zero_stage": 0}
+    for stop in (3, 6):
+        raw = stage_recipe(world_dir, assets_dir, root, {**train, "stop_at_step": stop})
+        stage_dir = run(raw, "resume", launcher="local")
+        resumed = metrics(stage_dir)
+        assert sorted(resumed) == list(range(1, stop + 1)) and not (stage_dir / "export").exists()
+    straight = metrics(single)
+    for step in range(1, 7):
+        assert abs(resumed[step]["loss"] - straight[step]["loss"]) <= LOSS_TOL, step
+    assert rows_by_step(stage_dir) == {s: rows for s, rows in rows_by_step(single).items() if s <= 6}

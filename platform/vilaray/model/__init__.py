@@ -1,6 +1,6 @@
-"""VLM assembly: vision tower + projector registry + causal LM; freezing, LoRA and export."""
+"""VLM assembly: vision tower + projector registry + causal LM; freezing, LoRA and export.
 
-from vilaray.model.hf import register as _register_hf_classes
-
-# Exports with a non-LLaVA projector load through AutoModelForImageTextToText once vilaray is imported.
-_register_hf_classes()
+Importing the package loads nothing heavy: the data pipeline's workers read `model.spec` and `model.geometry`
+only. Exports with a non-LLaVA projector load through `AutoModelForImageTextToText` once `vilaray.model.hf`
+is imported (it registers the `vilaray_vlm` classes; loading and exporting through vilaray do so themselves).
+"""

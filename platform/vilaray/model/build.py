@@ -218,7 +218,7 @@ def _from_llava(path: str, dtype: torch.dtype, attn: str | None) -> Parts:
 def _from_vilaray(path: str, dtype: torch.dtype, attn: str | None) -> Parts:
     from transformers import AutoModelForImageTextToText
 
-    import vilaray.model  # noqa: F401  (registers the vilaray_vlm classes)
+    import vilaray.model.hf  # noqa: F401  (registers the vilaray_vlm classes)
 
     hf = AutoModelForImageTextToText.from_pretrained(path, **_from_pretrained_kwargs(dtype, attn))
     cfg = hf.config
@@ -390,7 +390,7 @@ def spec_configs(spec: ModelSpec) -> tuple[Any, Any, str, int]:
     if spec.path is not None:
         model_type = saved_model_type(spec.path)
         if model_type == "vilaray_vlm":
-            import vilaray.model  # noqa: F401
+            import vilaray.model.hf  # noqa: F401
         cfg = AutoConfig.from_pretrained(spec.path)
         saved = "mlp2x_gelu" if model_type == "llava" else cfg.projector
         layer = cfg.vision_feature_layer if spec.vision_feature_layer is None else spec.vision_feature_layer

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vilaray.model.hf import VilarayVLMConfig, VilarayVLMForConditionalGeneration
 from vilaray.model.lora import merged_state_dict
 from vilaray.model.vlm import VisionLanguageModel, prefix_tokens
 
@@ -124,8 +125,6 @@ def _llava_processor_tokens(model: VisionLanguageModel) -> dict[str, Any]:
 
 
 def _build_vilaray(model: VisionLanguageModel, state: dict[str, torch.Tensor]) -> nn.Module:
-    from vilaray.model.hf import VilarayVLMConfig, VilarayVLMForConditionalGeneration
-
     config = VilarayVLMConfig(
         vision_config=model.vision_tower.config.to_dict(),
         text_config=model.language_model.config.to_dict(),

@@ -143,3 +143,7 @@ def register() -> None:
     """Make `AutoConfig` / `AutoModelForImageTextToText.from_pretrained(dir)` resolve `vilaray_vlm`."""
     AutoConfig.register(MODEL_TYPE, VilarayVLMConfig, exist_ok=True)
     AutoModelForImageTextToText.register(VilarayVLMConfig, VilarayVLMForConditionalGeneration, exist_ok=True)
+
+
+# Importing this module is what makes `vilaray_vlm` exports loadable by the Auto* factories.
+register()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from vilaray.config import DataConfig, EvaluationConfig, Recipe, RecipeError
 from vilaray.train.lockstep import deal, evaluating
@@ -117,13 +116,6 @@ def _collate(seqs: list[list[int]], images: list[list[bytes]], pad_id: int, imag
     }
 
 
-def _any_rank(flag: bool, device) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.item() > 0
-
-
 class TrainingEval:
     """This rank's share of the prompts (dealt round-robin), decoded greedily by the training engine.
 
@@ -161,7 +153,7 @@ class TrainingEval:
                 rows = self.mc[r * self.batch : (r + 1) * self.batch]
                 for (p, j), ll in zip(rows, self._choice_logliks(strategy, device, rows)):
                     found[(*p.key, j)] = ll
-        merged = self._gather(found)
+        merged = {k: v for part in strategy.gather_objects(found) for k, v in part.items()}
         if self.rank != 0:
             return {}
         return self._score(merged) | {"eval_time_s": time.perf_counter() - t0}
@@ -182,7 +174,7 @@ class TrainingEval:
                 new[i].append(tok)
                 seqs[i].append(tok)
                 done[i] = tok in self.stop_ids or len(new[i]) >= live[i].max_new_tokens
-            if not _any_rank(not all(done), device):
+            if not strategy.any_rank(not all(done)):
                 break
         if not prompts:
             return []
@@ -202,13 +194,6 @@ class TrainingEval:
             start, ids = len(p.input_ids), torch.as_tensor(p.choices[j], device=logp.device)
             result.append(float(logp[i, start - 1 : start - 1 + len(ids)].gather(-1, ids[:, None]).sum()))
         return result if rows else []
-
-    def _gather(self, preds: dict) -> dict:
-        if not dist.is_initialized():
-            return preds
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, preds)
-        return {k: v for part in parts for k, v in part.items()}
 
     def _score(self, found: dict) -> dict[str, float]:
         from vilaray.evals.harness import score_predictions

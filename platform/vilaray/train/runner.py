@@ -11,10 +11,11 @@ import ray
 from vilaray.config import Recipe, RecipeError, StageConfig
 from vilaray.model.spec import ModelSpec
 from vilaray.train.faults import FaultPlan
-from vilaray.train.loop import StageJob, train_loop_per_worker
+from vilaray.train.loop import train_locally, train_loop_per_worker
 from vilaray.train.progress import ProgressTail
 from vilaray.train.provenance import provenance
 from vilaray.train.spec import TrainConfig
+from vilaray.train.stage_job import StageJob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +94,17 @@ def run_stage(
     paths: RunPaths,
     record_sample_ids: bool = False,
     faults: FaultPlan | None = None,
+    launcher: str = "ray_train",
 ) -> Path:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+    """Validate, prepare (deterministic mode) and train one stage with `launcher`: `ray_train` (a
+    TorchTrainer over the recipe's workers) or `local` (one rank in this process, deterministic data)."""
     from vilaray.data.pipeline import PipelineSpec, build_mixture, plan_source
     from vilaray.data.quarantine import QuarantineActor
 
     if stage not in recipe.stages:
         raise RecipeError(f"stage {stage!r} not in recipe; stages are {list(recipe.stages)}")
+    if launcher not in LAUNCHERS:
+        raise RecipeError(f"launcher {launcher!r} unknown; choose from {sorted(LAUNCHERS)}")
     recipe = absolute_recipe(recipe)
     cfg = recipe.stages[stage]
     spec = stage_model(recipe, stage, paths)
@@ -143,10 +146,23 @@ def run_stage(
         "validation": _validation_rows(data_recipe, cfg, stage_dir),
         "evaluation": _eval_bundle(data_recipe, cfg, stage_dir),
     }
-    t = cfg.train
+    with ProgressTail(stage_dir, stage, cfg.train.max_steps, cfg.train.log_every):
+        LAUNCHERS[launcher](loop_config, cfg.train, paths, stage, datasets)
+    if ledger is not None:
+        ray.get(ledger.write_summary.remote())
+    return paths.export_dir(stage)
+
+
+def _launch_ray_train(loop_config: dict, t: TrainConfig, paths: RunPaths, stage: str, datasets: dict) -> None:
+    """A TorchTrainer over `t.num_workers` workers; the held-out rows and benchmark prompts go into the
+    object store once, for every rank to read."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    shared = {k: ray.put(v) if v is not None else None for k, v in loop_config.items() if k != "job"}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"job": loop_config["job"], **shared},
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
@@ -159,11 +175,17 @@ def run_stage(
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo", timeout_s=t.collective_timeout_s),
     )
-    with ProgressTail(stage_dir, stage, t.max_steps, t.log_every):
-        trainer.fit()
-    if ledger is not None:
-        ray.get(ledger.write_summary.remote())
-    return paths.export_dir(stage)
+    trainer.fit()
+
+
+def _launch_local(loop_config: dict, t: TrainConfig, paths: RunPaths, stage: str, datasets: dict) -> None:
+    """One rank in this process, checkpoints under `<storage>/<run>-<stage>-local`."""
+    if datasets:
+        raise RecipeError("the local launcher reads prepared rows: set train.data_mode=deterministic")
+    train_locally(loop_config, Path(paths.storage) / f"{paths.trainer_name(stage)}-local")
+
+
+LAUNCHERS = {"ray_train": _launch_ray_train, "local": _launch_local}
 
 
 def rows_needed(train: TrainConfig) -> int:
@@ -194,7 +216,7 @@ def _prepared_shards(recipe: Recipe, stage: str, stage_dir: Path) -> list[str]:
 
 
 def _validation_rows(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
-    """The stage's held-out rows in the object store (every rank reads the same object), or None."""
+    """The stage's held-out rows (a table), or None."""
     from vilaray.train.validation import build_validation_rows
 
     if not cfg.validation.every:
@@ -211,11 +233,11 @@ def _validation_rows(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
             f"[{stage_dir.name}] validation: no held-out rows for {empty} at data.holdout={cfg.data.holdout}",
             flush=True,
         )
-    return ray.put(table)
+    return table
 
 
 def _eval_bundle(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
-    """The stage's in-training benchmark prompts, encoded once, in the object store; or None."""
+    """The stage's in-training benchmark prompts, encoded once; or None."""
     from vilaray.train.evaluation import build_eval_bundle
 
     if not cfg.evaluation.every:
@@ -228,7 +250,7 @@ def _eval_bundle(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
         "not_encodable": bundle.skipped,
     }
     (stage_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
-    return ray.put(bundle)
+    return bundle
 
 
 def run_stages(recipe: Recipe, stages: list[str], paths: RunPaths, **kw) -> dict[str, Path]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from vilaray.train.ds_config import compute_dtype, deepspeed_config
 from vilaray.train.schedule import warmup_cosine
@@ -24,7 +25,11 @@ def register(name: str):
 
 
 class Strategy:
-    """The interface the worker loop drives; an FSDP2 strategy would implement the same methods."""
+    """The interface the trainer drives: the engine (setup, forward, backward, step, save, load, weights)
+    and the collectives over the data-parallel ranks, which are the identity in a single process. An FSDP2
+    strategy would implement the same methods."""
+
+    device: torch.device
 
     def setup(self, model: torch.nn.Module, param_groups: list[dict]) -> None: ...
     def forward(self, **inputs) -> Any: ...
@@ -33,6 +38,48 @@ class Strategy:
     def save(self, ckpt_dir: Path, client_state: dict) -> None: ...
     def load(self, ckpt_dir: Path) -> dict: ...
     def full_state_dict(self) -> dict[str, torch.Tensor] | None: ...
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_initialized() else 0
+
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        """Element-wise sums over all ranks, in float64 (token counts stay exact)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if dist.is_initialized() and t.numel():
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def all_finite(self, value: torch.Tensor) -> bool:
+        """True when `value` is finite on every rank (all ranks then take the same branch)."""
+        return self.sum_over_ranks([0.0 if bool(torch.isfinite(value).all()) else 1.0])[0] == 0.0
+
+    def any_rank(self, flag: bool) -> bool:
+        return self.sum_over_ranks([1.0 if flag else 0.0])[0] > 0
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not dist.is_initialized():
+            return [obj]
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def loss_tokens(self, micro_batches: list[dict]) -> int:
+        """Loss-bearing tokens in this optimizer step on all ranks (packed rows differ in how many they hold)."""
+        mine = sum(int(mb["num_loss_tokens"].sum()) for mb in micro_batches)
+        return int(self.sum_over_ranks([float(mine)])[0])
+
+    def reduce_by_source(self, by_source: dict[str, list]) -> dict[str, tuple[float, int]]:
+        """Per-source (loss sum, token count) summed over all ranks. Source names are gathered first so
+        every rank reduces the same vector even when its batches came from different sources."""
+        names = sorted({n for part in self.gather_objects(sorted(by_source)) for n in part})
+        summed = self.sum_over_ranks([float(x) for n in names for x in by_source.get(n, (0.0, 0))])
+        return {n: (summed[2 * i], int(summed[2 * i + 1])) for i, n in enumerate(names)}
 
 
 @register("deepspeed")
@@ -109,10 +156,7 @@ class DeepSpeedStrategy(Strategy):
             state = self.engine._zero3_consolidated_16bit_state_dict()
         else:
             state = self.engine.module.state_dict()
-        import torch.distributed as dist
-
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        return {k: v.detach().cpu().clone() for k, v in state.items()} if rank == 0 and state else None
+        return {k: v.detach().cpu().clone() for k, v in state.items()} if self.rank == 0 and state else None
 
 
 def make_optimizer(cfg: TrainConfig, param_groups: list[dict], on_gpu: bool) -> torch.optim.Optimizer:

@@ -12,7 +12,7 @@ import torch
 
 from vilaray.config import DataConfig, Recipe
 from vilaray.train.lockstep import deal, evaluating
-from vilaray.train.loss import add_source_sums, mean_losses, reduce_by_source, token_loss_sums
+from vilaray.train.loss import add_source_sums, mean_losses, token_loss_sums
 
 
 def build_validation_rows(recipe: Recipe, data: DataConfig, rows_per_source: int) -> tuple[pa.Table, dict]:
@@ -83,7 +83,7 @@ class ValidationSet:
                 _, by_source = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
                 if k < len(self.mine):  # a lockstep filler's losses are another rank's
                     add_source_sums(sums, by_source)
-        reduced = reduce_by_source(sums, device)
+        reduced = strategy.reduce_by_source(sums)
         total = sum(t for t, _ in reduced.values())
         count = sum(c for _, c in reduced.values())
         return {
