@@ -2,7 +2,9 @@
 
   ptb.json    pycocoevalcap 1.2's PTBTokenizer (Stanford CoreNLP 3.4.1 under a real JVM)
   cider.json  pycocoevalcap 1.2's PTBTokenizer + Cider().compute_score, as COCOEvalCap chains them
-  vqa.json    the official GT-Vision-Lab/VQA evaluation code (see tools/vqa_official_reference.py)
+  vqa.json    the official GT-Vision-Lab/VQA evaluation code (see tools/vqa_official_reference.py); its
+              accuracy values were re-derived for main's rules (its `recorded_with` says how) and are
+              replaced by main's own outputs the next time this runs with main's vqaEval.py
 
 Nothing here imports vilaray: the expected values must not come from the code under test.
 

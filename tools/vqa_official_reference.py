@@ -1,9 +1,10 @@
 """Runs the official VQA evaluation code, loaded from a local copy, to record reference fixtures.
 
 The official code is not vendored here. Get PythonEvaluationTools/vqaEvaluation/vqaEval.py from
-the GT-Vision-Lab/VQA repository (the fixtures were recorded from commit OFFICIAL_COMMIT, whose
-file has the SHA-256 OFFICIAL_SHA256; that file is Python 3 compatible) and pass its path. The
-repository has no licence file, which is one more reason to keep it out of this tree.
+the GT-Vision-Lab/VQA repository's main branch (commit OFFICIAL_COMMIT, "Fixed processing answers bug",
+whose file has the SHA-256 OFFICIAL_SHA256) and pass its path. That file is Python 2: the only change
+made before running it is the print-only patch below (`print x` -> `print(x)`). The repository has no
+licence file, which is one more reason to keep it out of this tree.
 
 Everything below only feeds data to the official class and reads its results: the normalisation
 is the official processPunctuation()/processDigitArticle(), the accuracy the official evaluate()
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
+import re
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -23,23 +24,30 @@ from typing import Any
 
 OFFICIAL_REPO = "GT-Vision-Lab/VQA"
 OFFICIAL_PATH = "PythonEvaluationTools/vqaEvaluation/vqaEval.py"
-OFFICIAL_COMMIT = "c4e6a0e4e84b9702d99800d3393652d92b5df224"
-OFFICIAL_SHA256 = "36be8a8587ebdcc3cada12793aff0bf2a1c6a3a9f7558eeb685efc29250aab10"
+OFFICIAL_COMMIT = "a013f00"
+OFFICIAL_SHA256 = "f08edfcad5be0112500993e245c706b6cb928eadebe203f89f838e5e0d04bec8"
+# Python 2 print statements (`print "computing accuracy"`), the file's only Python-3 incompatibility.
+_PRINT_STATEMENT = re.compile(r"^(\s*)print (?!\()(.*?)\s*$", re.MULTILINE)
+
+
+def print_only_patch(source: str) -> str:
+    """`print x` -> `print(x)`; nothing else in the official file is touched."""
+    return _PRINT_STATEMENT.sub(r"\1print(\2)", source)
 
 
 def load_official(path: Path) -> ModuleType:
-    """Import vqaEval.py from `path`, refusing any file other than the pinned version."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    """Import vqaEval.py from `path` (print-only patched), refusing any file other than the pinned version."""
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
     if digest != OFFICIAL_SHA256:
         raise ValueError(
             f"{path} has SHA-256 {digest}, expected {OFFICIAL_SHA256} ({OFFICIAL_PATH}@{OFFICIAL_COMMIT})"
         )
-    spec = importlib.util.spec_from_file_location("official_vqa_eval", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
+    module = ModuleType("official_vqa_eval")
+    module.__file__ = str(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its regex literals use invalid escapes such as "\d"
-        spec.loader.exec_module(module)
+        exec(compile(print_only_patch(raw.decode("utf-8")), str(path), "exec"), module.__dict__)
     return module
 
 

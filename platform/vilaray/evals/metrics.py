@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from vilaray.evals.cider import cider_d_tokenized, corpus_mean
 from vilaray.evals.ptb import ptb_tokenize, ptb_tokenize_lines
-from vilaray.evals.vqa_normalize import normalize_vqa_answer, normalize_vqa_references
+from vilaray.evals.vqa_normalize import normalize_vqa_answer, process_question
 
 __all__ = [
     "cider_d",
@@ -28,24 +28,16 @@ _VQA_AGREEMENT = 3
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """VQA accuracy of one prediction against the annotators' answers, as the official evaluate().
+    """VQA accuracy of one prediction against the annotators' answers, as the official evaluate() computes
+    it (GT-Vision-Lab/VQA main; the processing is `process_question`).
 
-    The prediction goes through normalize_vqa_answer(); the answers only through the official
-    reference treatment (punctuation stripping, and only when they are not all identical: see
-    normalize_vqa_references). Then, for each annotator, the prediction scores
-    min(#matching other annotators / 3, 1), and the result is the mean over annotators: with VQA's
-    10 answers this is the mean over the ten 9-answer subsets. Any other number of answers is
-    averaged the same way (one answer can therefore never score, it has no "others").
-
-    An empty (or all-punctuation) prediction scores 0.0, also against empty reference answers,
-    which the official data never holds.
+    For each annotator, the prediction scores min(#matching other annotators / 3, 1); the result is the
+    mean over annotators: with VQA's 10 answers, the mean over the ten 9-answer subsets. Any other number
+    of answers is averaged the same way (one answer can therefore never score: it has no "others").
     """
     if not answers:
         raise ValueError("vqa_accuracy needs at least one reference answer, got an empty list")
-    predicted = normalize_vqa_answer(prediction)
-    if not predicted:
-        return 0.0
-    references = normalize_vqa_references(answers)
+    predicted, references = process_question(prediction, answers)
     per_annotator = []
     for left_out in range(len(references)):
         matches = sum(1 for index, ref in enumerate(references) if index != left_out and ref == predicted)

@@ -1,4 +1,4 @@
-"""Official VQA answer normalisation (GT-Vision-Lab/VQA vqaEval.py semantics), for the VQA accuracy metric."""
+"""Official VQA answer processing (GT-Vision-Lab/VQA vqaEval.py, main since commit a013f00), for VQA accuracy."""
 
 from __future__ import annotations
 
@@ -80,19 +80,25 @@ def map_digits_and_articles(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
 
 
+def clean_answer(text: str) -> str:
+    """What the official evaluate() does to every answer and prediction first: tabs and newlines to
+    spaces, surrounding white space stripped."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_vqa_answer(text: str) -> str:
-    """Normalise a predicted answer exactly as the official evaluate() does before matching."""
-    cleaned = text.replace("\n", " ").replace("\t", " ").strip()
-    return map_digits_and_articles(strip_punctuation(cleaned))
+    """An answer fully processed as the official evaluate() processes a question whose answers differ:
+    cleaned, then processPunctuation(), then processDigitArticle()."""
+    return map_digits_and_articles(strip_punctuation(clean_answer(text)))
 
 
-def normalize_vqa_references(answers: Sequence[str]) -> list[str]:
-    """The annotators' answers as the official evaluate() compares them.
-
-    Only strip_punctuation() is applied, and only when the answers are not all identical; they are
-    never lower-cased nor number-mapped, because the official annotation files already store
-    normalised answers. Pass references in that form (as the VQA v2 files have them).
-    """
-    if len(set(answers)) > 1:
-        return [strip_punctuation(answer) for answer in answers]
-    return list(answers)
+def process_question(prediction: str, answers: Sequence[str]) -> tuple[str, list[str]]:
+    """The prediction and the annotators' answers as the official evaluate() compares them (vqaEval.py
+    since commit a013f00, "Fixed processing answers bug"): all are cleaned; then, only when the answers
+    are not all identical, all of them and the prediction are punctuation- and digit/article-processed.
+    When the answers agree, neither side is processed, so a raw prediction must equal them as written."""
+    predicted, references = clean_answer(prediction), [clean_answer(a) for a in answers]
+    if len(set(references)) > 1:
+        references = [map_digits_and_articles(strip_punctuation(a)) for a in references]
+        predicted = map_digits_and_articles(strip_punctuation(predicted))
+    return predicted, references
