@@ -15,7 +15,6 @@ import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -256,7 +255,3 @@ def build_mixture(recipe: Recipe, ledger, data: DataConfig | None = None) -> Mix
             stopping_condition=STOP_RULES[data.stop_on],
         )
     return Mixture(mixed, token_weights, row_weights, eff, spec)
-
-
-def run_dir_for(recipe: Recipe, run_name: str | None) -> Path:
-    return Path(recipe.run_root) / (run_name or recipe.name)

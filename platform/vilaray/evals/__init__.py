@@ -1,1 +1,2 @@
-"""Evaluation: for now the demo's quick held-out VQA check; the 0/k-shot harness comes later."""
+"""Evaluation: task suites as data, 0/k-shot prompting, the official metrics, a Ray Data inference path and
+the report (table, chart, floors)."""
