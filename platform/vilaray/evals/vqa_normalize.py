@@ -97,8 +97,7 @@ def process_question(prediction: str, answers: Sequence[str]) -> tuple[str, list
     since commit a013f00, "Fixed processing answers bug"): all are cleaned; then, only when the answers
     are not all identical, all of them and the prediction are punctuation- and digit/article-processed.
     When the answers agree, neither side is processed, so a raw prediction must equal them as written."""
-    predicted, references = clean_answer(prediction), [clean_answer(a) for a in answers]
-    if len(set(references)) > 1:
-        references = [map_digits_and_articles(strip_punctuation(a)) for a in references]
-        predicted = map_digits_and_articles(strip_punctuation(predicted))
-    return predicted, references
+    cleaned = [clean_answer(a) for a in answers]
+    if len(set(cleaned)) > 1:
+        return normalize_vqa_answer(prediction), [normalize_vqa_answer(a) for a in answers]
+    return clean_answer(prediction), cleaned
