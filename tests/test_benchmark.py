@@ -9,6 +9,7 @@ import json
 import math
 
 import pytest
+import torch
 
 
 def test_data_benchmark_reports_throughput_and_packing(ray_session, bench_root):
@@ -133,3 +134,26 @@ def test_attention_benchmark_compares_packed_sdpa_with_masked_sdpa(bench_root):
     assert any("below" in f for f in check(dataclasses.replace(report_cfg, floor=1e9), report))
     assert len(check(dataclasses.replace(report_cfg, loss_tolerance=-1.0, floor=0.0), report)) == 4
     assert "packed_sdpa" in report.table()
+
+
+def test_lm_head_benchmark_compares_loss_positions_with_full_logits(bench_root):
+    """In one process: the LM head on the loss positions only and on every position, same rows, same
+    losses; the prompt masking the benchmark applies is what leaves positions without loss."""
+    from vilaray.bench import get_benchmark
+    from vilaray.bench.lm_head import LMHeadBenchConfig, check, prompt_labels
+
+    report_cfg = LMHeadBenchConfig(steps=2, warmup=1, packing="on", lengths_root=str(bench_root))
+    report = get_benchmark("lm-head").run(report_cfg)
+    out = json.loads(json.dumps(report.to_dict()))
+    assert [r["variant"] for r in out["results"]] == ["full logits", "loss positions"]
+    full, selective = out["results"]
+    assert selective["vs_baseline"] == pytest.approx(full["step_s"] / selective["step_s"])
+    assert all(d <= 1e-4 for d in out["loss_diff"].values()), report.table()
+    assert any("below" in f for f in check(dataclasses.replace(report_cfg, floor=1e9), report))
+    assert len(check(dataclasses.replace(report_cfg, loss_tolerance=-1.0, floor=0.0), report)) == 2
+    # Two documents of 10 tokens in a row: the first 6 of each lose their loss at share 0.6.
+    pos = torch.tensor([list(range(10)) * 2])
+    masked = prompt_labels({"labels": torch.arange(20)[None], "position_ids": pos}, 0.6)
+    assert masked[0].tolist() == [-100] * 6 + list(range(6, 10)) + [-100] * 6 + list(range(16, 20))
+    with pytest.raises(ValueError, match="--prompt-share"):
+        get_benchmark("lm-head").run(dataclasses.replace(report_cfg, prompt_share=1.0))

@@ -126,11 +126,11 @@ def test_make_world_command_reuses_a_built_world(world, assets_dir, tmp_path, ca
     assert_console_for_people(out)
 
 
-@pytest.mark.parametrize("bench", ["attention", "data", "train", "eval"])
+@pytest.mark.parametrize("bench", ["attention", "data", "train", "eval", "lm-head"])
 def test_benchmark_commands_parse(bench):
     import benchmark
 
-    # python jobs/benchmark.py attention|data|train|eval (their runs are tests/test_benchmark.py's)
+    # python jobs/benchmark.py attention|data|train|eval|lm-head (their runs are tests/test_benchmark.py's)
     args = benchmark.build_parser().parse_args([bench])
     config = benchmark.config_from_args(benchmark.get_benchmark(bench), args)
     assert args.benchmark == bench and config == benchmark.get_benchmark(bench).config()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_model import make_batch
+from test_model import make_batch, without_labels
 from vilaray.model.build import load_vlm
 from vilaray.model.export import export
 from vilaray.model.freeze import apply_schedule
@@ -52,7 +52,7 @@ def test_export_loads_with_auto_class_and_gives_the_same_logits(
     assert type(loaded).__name__ == hf_class
     assert not any("lora" in k for k in loaded.state_dict())
 
-    batch = make_batch(model, tok, images_per_row=(1, 2))
+    batch = without_labels(make_batch(model, tok, images_per_row=(1, 2)))
     with torch.no_grad():
         ours = model(**batch).logits
         theirs = loaded(

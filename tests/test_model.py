@@ -9,9 +9,9 @@ from peft.tuners.lora import LoraLayer
 from pydantic import ValidationError
 from vilaray.model.build import build_model, build_on_meta, load_vlm
 from vilaray.model.freeze import apply_schedule, param_groups
-from vilaray.model.inputs import pixels_to_model
+from vilaray.model.inputs import pixels_to_model, shifted_token_losses
 from vilaray.model.spec import ComponentSchedule, FreezeSchedule, ModelSpec
-from vilaray.model.vlm import ImageTokenMismatch
+from vilaray.model.vlm import ImageTokenMismatch, keeps_logits_by_mask
 
 TEXT = "a red circle above a small blue square"
 
@@ -47,6 +47,11 @@ def make_batch(model, tokenizer, images_per_row=(1, 2), seed=0) -> dict:
     }
 
 
+def without_labels(batch: dict) -> dict:
+    """The model's inputs alone: given labels, the forward returns token losses instead of logits."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 def snapshot(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -75,7 +80,7 @@ def test_logits_match_llava(assets_dir, tokenizer):
     batch = make_batch(model, tokenizer, images_per_row=(2, 1))
     pixels = pixels_to_model(batch["pixel_values"], [0.5] * 3, [0.5] * 3, torch.float32)
     with torch.no_grad():
-        ours = model(**batch).logits
+        ours = model(**without_labels(batch)).logits
         theirs = ref(
             input_ids=batch["input_ids"],
             pixel_values=pixels,
@@ -109,9 +114,34 @@ def test_text_only_batch_still_runs_the_tower(assets_dir, tokenizer):
     out.token_losses.sum().backward()
     grads = [p.grad for p in model.projector.parameters()]
     assert all(g is not None and not g.abs().any() for g in grads)
+    inputs = without_labels(batch)
     with torch.no_grad():
-        plain = model(**batch, run_vision_always=False).logits
-    torch.testing.assert_close(out.logits.detach(), plain, atol=0, rtol=0)
+        plain = model(**batch, run_vision_always=False).token_losses
+        logits, plain_logits = (model(**inputs, run_vision_always=always).logits for always in (True, False))
+    torch.testing.assert_close(out.token_losses.detach(), plain, atol=0, rtol=0)
+    torch.testing.assert_close(logits, plain_logits, atol=0, rtol=0)
+
+
+def test_loss_from_loss_positions_only_equals_the_full_logits_loss(assets_dir, tokenizer):
+    """Given labels, the LM head runs on the loss-bearing positions only; the token losses and every
+    gradient are those of the loss over the full [B, T, V] logits."""
+    model, _ = load_vlm(assets_dir)
+    apply_schedule(model, FreezeSchedule(language_model=ComponentSchedule(mode="full")))
+    assert keeps_logits_by_mask(type(model.language_model))
+    batch = make_batch(model, tokenizer)
+    inputs = without_labels(batch)
+    out = model(**batch)
+    assert out.logits is None
+    out.token_losses.sum().backward()
+    selective = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    full = shifted_token_losses(model(**inputs).logits, batch["labels"])
+    full.sum().backward()
+    torch.testing.assert_close(out.token_losses.detach(), full.detach(), atol=1e-6, rtol=1e-5)
+    assert (out.token_losses[batch["labels"][:, 1:] == -100] == 0).all()
+    assert selective and selective.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, grad in selective.items():
+        torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, atol=1e-6, rtol=1e-4)
 
 
 # ---- freezing, LoRA, last_k ------------------------------------------------------------------------------
@@ -373,4 +403,4 @@ def test_build_from_separate_tower_and_llm(tmp_path, tokenizer):
     )
     torch.testing.assert_close(model.language_model.lm_head.weight, lm.lm_head.weight)
     batch = make_batch(model, tok, images_per_row=(1, 0))
-    assert model(**batch).logits.shape[-1] == len(tok)
+    assert model(**without_labels(batch)).logits.shape[-1] == len(tok)

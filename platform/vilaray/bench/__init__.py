@@ -45,4 +45,4 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 # Benchmark modules register themselves on import.
-from vilaray.bench import attention, data, evals, train  # noqa: E402,F401
+from vilaray.bench import attention, data, evals, lm_head, train  # noqa: E402,F401

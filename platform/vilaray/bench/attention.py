@@ -1,5 +1,6 @@
 """Attention benchmark: forward+backward of the same VLM and packed rows under each attention implementation,
-against the first one named (transformers' masked sdpa by default), with the losses they give compared."""
+against the first one named (transformers' masked sdpa by default), with the losses they give compared; and
+the machinery for timing any variants of that step on the same rows (the LM-head benchmark uses it)."""
 
 from __future__ import annotations
 
@@ -20,22 +21,19 @@ from vilaray.bench.train import (
     time_steps,
     world_doc_lengths,
 )
+from vilaray.model.inputs import shifted_token_losses
 from vilaray.model.packed_attention import PACKED_SDPA
 from vilaray.train.flops import H100_BF16_TFLOPS
 
 
 @dataclass(frozen=True)
-class AttentionBenchConfig:
-    """Options of `jobs/benchmark.py attention`; every field is a `--flag` of the same name."""
+class PackedRowsConfig:
+    """Options shared by the benchmarks that time variants of one VLM step on the same packed rows."""
 
     shape: str = field(default="tiny", metadata={"help": f"model shape: {', '.join(SHAPES)}"})
-    attn: str = field(
-        default=f"sdpa,{PACKED_SDPA}",
-        metadata={"help": "implementations, comma-separated; the first is the baseline"},
-    )
     rows: int = field(default=2, metadata={"help": "rows per step (one image each)"})
     seq_len: int = field(default=1024, metadata={"help": "tokens per row"})
-    steps: int = field(default=10, metadata={"help": "timed steps per implementation"})
+    steps: int = field(default=10, metadata={"help": "timed steps per variant"})
     warmup: int = field(default=2, metadata={"help": "untimed steps first"})
     packing: str = field(
         default="on,off", metadata={"help": "on: shapes-world documents packed per row; off: one"}
@@ -43,17 +41,40 @@ class AttentionBenchConfig:
     loss_tolerance: float = field(
         default=1e-4, metadata={"help": "largest |loss - baseline loss| on the same batch"}
     )
-    floor: float = field(
-        default=1.0, metadata={"help": f"{PACKED_SDPA} on packed rows / baseline speed floor"}
-    )
     lengths_root: str = field(
         default="artifacts/bench", metadata={"help": "cache of the world the lengths come from"}
     )
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class AttentionBenchConfig(PackedRowsConfig):
+    """Options of `jobs/benchmark.py attention`; every field is a `--flag` of the same name."""
+
+    attn: str = field(
+        default=f"sdpa,{PACKED_SDPA}",
+        metadata={"help": "implementations, comma-separated; the first is the baseline"},
+    )
+    floor: float = field(
+        default=1.0, metadata={"help": f"{PACKED_SDPA} on packed rows / baseline speed floor"}
+    )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the step: an attention implementation, and whether the LM head runs on the
+    loss-bearing positions only (the model given its labels, as training runs it) or on every position."""
+
+    name: str
+    attn: str
+    loss_positions: bool = True
+
+
 @dataclass
-class AttentionBenchReport:
+class VariantsReport:
+    """Variants of one step timed on the same rows; the first variant of each packing mode is the baseline."""
+
+    title: str
     config: dict
     device: str
     results: list[Measured]
@@ -74,15 +95,16 @@ class AttentionBenchReport:
     def table(self) -> str:
         c = self.config
         lines = [
-            f"attention benchmark: {c['shape']}, {c['rows']} x {c['seq_len']} tokens, forward+backward, "
-            f"device {self.device}; baseline {c['attn'].split(',')[0]}",
-            f"{'attention':<18}{'packing':>8}{'step s':>10}{'tok/s':>11}{'vs base':>9}{'|dloss|':>10}",
+            f"{self.title} benchmark: {c['shape']}, {c['rows']} x {c['seq_len']} tokens, forward+backward, "
+            f"device {self.device}; baseline {self.results[0].variant}",
+            f"{'variant':<18}{'packing':>8}{'step s':>10}{'tok/s':>11}{'vs base':>9}{'|dloss|':>10}{'peak GB':>9}",
         ]
         for m in self.results:
             diff = self.loss_diff[_key(m)]
+            peak = f"{m.peak_mem_gb:>9.2f}" if m.peak_mem_gb is not None else f"{'-':>9}"
             lines.append(
                 f"{m.variant:<18}{'on' if m.packing else 'off':>8}{m.step_s:>10.4f}{m.tokens_per_s:>11.0f}"
-                f"{self.speedup(m):>8.2f}x{diff:>10.1e}"
+                f"{self.speedup(m):>8.2f}x{diff:>10.1e}{peak}"
             )
         lines.extend(f"FAILED: {f}" for f in self.failures)
         return "\n".join(lines)
@@ -92,40 +114,51 @@ def _key(m: Measured) -> str:
     return f"{m.variant} packing {'on' if m.packing else 'off'}"
 
 
-def measure(work: Workload, attn: str, packing: bool, device: torch.device) -> tuple[Measured, float]:
-    """Median fwd+bwd step time of `attn` on the workload's batches, and the loss on the first batch."""
+def measure(
+    work: Workload, variant: Variant, packing: bool, device: torch.device, labels_fn=None
+) -> tuple[Measured, float]:
+    """Median fwd+bwd step time of `variant` on the workload's batches (their labels rewritten by
+    `labels_fn(batch)` if given), and the loss on the first batch."""
     torch.manual_seed(work.seed)
-    model, _ = bench_model(work.shape, attn, torch.float32)
+    model, _ = bench_model(work.shape, variant.attn, torch.float32)
     model.to(device).train()
     batches = work.batches(model, packing)
+    for batch in batches if labels_fn else []:
+        batch["labels"] = labels_fn(batch)
 
     def step(batch: dict) -> float:
-        loss_sum, n = _loss_sum(model(**_device_inputs(batch, device)), batch["labels"].to(device))
+        labels = batch["labels"].to(device)
+        if variant.loss_positions:
+            loss_sum, n = _loss_sum(model(**_device_inputs(batch, device), labels=labels), labels)
+        else:
+            logits = model(**_device_inputs(batch, device)).logits
+            loss_sum, n = shifted_token_losses(logits, labels).sum(), int((labels[:, 1:] != -100).sum())
         (loss_sum / n).backward()
         model.zero_grad(set_to_none=True)
         return float(loss_sum.detach()) / n
 
     first = step(batches[0])
-    return time_steps(attn, packing, work, model, batches, step, device), first
+    return time_steps(variant.name, packing, work, model, batches, step, device), first
 
 
-def run_attention_benchmark(cfg: AttentionBenchConfig) -> AttentionBenchReport:
+def run_variants(
+    title: str, cfg: PackedRowsConfig, variants: list[Variant], check, labels_fn=None
+) -> VariantsReport:
+    """Every variant on the same rows, packed and not; `check(cfg, report)` gives the failed floors."""
     if cfg.shape not in SHAPES:
         raise ValueError(f"--shape: unknown shape {cfg.shape!r}; expected one of {sorted(SHAPES)}")
-    names = [a.strip() for a in cfg.attn.split(",") if a.strip()]
-    if not names:
-        raise ValueError("--attn: name at least one attention implementation")
     packing = [_choice("packing", p, {"on": True, "off": False}) for p in cfg.packing.split(",")]
-    work = Workload(SHAPES[cfg.shape](), names[0], cfg.rows, cfg.seq_len, cfg.steps, cfg.warmup,
+    work = Workload(SHAPES[cfg.shape](), variants[0].attn, cfg.rows, cfg.seq_len, cfg.steps, cfg.warmup,
                     world_doc_lengths(cfg.lengths_root, cfg.seed), H100_BF16_TFLOPS, cfg.seed)  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results, losses = [], {}
     for p in packing:
-        for attn in names:
-            m, loss = measure(work, attn, p, device)
+        for variant in variants:
+            m, loss = measure(work, variant, p, device, labels_fn)
             results.append(m)
             losses[_key(m)] = loss
-    report = AttentionBenchReport(
+    report = VariantsReport(
+        title,
         asdict(cfg),
         torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         results,
@@ -137,12 +170,23 @@ def run_attention_benchmark(cfg: AttentionBenchConfig) -> AttentionBenchReport:
     return report
 
 
-def check(cfg: AttentionBenchConfig, report: AttentionBenchReport) -> list[str]:
-    failures = [
+def loss_failures(cfg: PackedRowsConfig, report: VariantsReport) -> list[str]:
+    return [
         f"{key}: loss differs from the baseline's by {diff:.2e} > {cfg.loss_tolerance}"
         for key, diff in report.loss_diff.items()
         if diff > cfg.loss_tolerance
     ]
+
+
+def run_attention_benchmark(cfg: AttentionBenchConfig) -> VariantsReport:
+    names = [a.strip() for a in cfg.attn.split(",") if a.strip()]
+    if not names:
+        raise ValueError("--attn: name at least one attention implementation")
+    return run_variants("attention", cfg, [Variant(a, a) for a in names], check)
+
+
+def check(cfg: AttentionBenchConfig, report: VariantsReport) -> list[str]:
+    failures = loss_failures(cfg, report)
     for m in report.results:
         if m.variant == PACKED_SDPA and m.packing and report.speedup(m) < cfg.floor:
             failures.append(f"{PACKED_SDPA} on packed rows at {report.speedup(m):.2f}x, below {cfg.floor}x")

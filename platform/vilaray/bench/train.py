@@ -283,7 +283,7 @@ def _loss_sum(out, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The training loss's token sum (vilaray.train.loss) and how many tokens carry loss."""
     from vilaray.train.loss import token_loss_sums
 
-    loss_sum, _ = token_loss_sums(out.logits, labels, ["bench"] * labels.shape[0])
+    loss_sum, _ = token_loss_sums(out.token_losses, labels, ["bench"] * labels.shape[0])
     return loss_sum, int((labels[:, 1:] != -100).sum())
 
 
@@ -305,7 +305,7 @@ def run_plain(
     def step(batch: dict) -> float:
         labels = batch["labels"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss_sum, n = _loss_sum(model(**_device_inputs(batch, device)), labels)
+            loss_sum, n = _loss_sum(model(**_device_inputs(batch, device), labels=labels), labels)
             loss = loss_sum / n
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -355,7 +355,7 @@ def deepspeed_worker(config: dict) -> None:
 
     def step(batch: dict) -> float:
         labels = batch["labels"].to(device)
-        loss_sum, n = _loss_sum(strategy.forward(**_device_inputs(batch, device)), labels)
+        loss_sum, n = _loss_sum(strategy.forward(**_device_inputs(batch, device), labels=labels), labels)
         strategy.backward(loss_sum * step_scale(world, 1, n))
         strategy.step()
         return float(loss_sum.detach()) / n

@@ -22,6 +22,21 @@ def shifted_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     )
 
 
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the positions whose next token carries loss (the last position predicts nothing)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep
+
+
+def selected_token_losses(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`shifted_token_losses` from the logits of the `keep` positions only ([N, V], in row-major order of
+    `keep`): [B, T-1] in float32, 0 where the target is ignored."""
+    shifted = keep[:, :-1]
+    losses = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][shifted], reduction="none")
+    return losses.new_zeros(shifted.shape).masked_scatter(shifted, losses)
+
+
 def per_sample_losses(
     logits: torch.Tensor, labels: torch.Tensor, seq_lens: list[list[int]]
 ) -> list[list[float]]:

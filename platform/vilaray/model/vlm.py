@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from vilaray.model.geometry import ImageGeometry
-from vilaray.model.inputs import pixels_to_model, shifted_token_losses
+from vilaray.model.inputs import loss_positions, pixels_to_model, selected_token_losses, shifted_token_losses
 from vilaray.model.packed_attention import PACKED_SDPA, packed_kwargs
 from vilaray.model.projectors import Projector
 
@@ -27,9 +29,20 @@ class ImageTokenMismatch(ValueError):
 
 @dataclass
 class VLMOutput:
-    logits: torch.Tensor
+    # [B, T, V]; None when labels were given (the loss then needs only the loss positions' logits).
+    logits: torch.Tensor | None
     # [B, T-1] next-token loss per position (0 where the target is -100); only when labels are given.
     token_losses: torch.Tensor | None = None
+
+
+@functools.cache
+def keeps_logits_by_mask(lm_class: type) -> bool:
+    """Whether the causal LM's forward takes a boolean [B, T] `logits_to_keep` (transformers'
+    `slice_logits_to_keep`, which flattens the kept positions to [N, V] before the LM head)."""
+    from transformers import modeling_utils
+
+    takes = "logits_to_keep" in inspect.signature(lm_class.forward).parameters
+    return takes and hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 def select_patch_features(hidden: torch.Tensor, grid: int) -> torch.Tensor:
@@ -221,12 +234,21 @@ class VisionLanguageModel(nn.Module):
         # attention_mask=None + no cache: each packed document attends only to itself. `packed_sdpa` gets the
         # documents' bounds; other implementations derive a block-diagonal mask from the restarting
         # position ids (flash-attention's varlen path does the same from them).
-        packed = packed_kwargs(position_ids) if self.packed_attention else {}
+        kwargs = packed_kwargs(position_ids) if self.packed_attention else {}
+        keep = None
+        if labels is not None and keeps_logits_by_mask(type(self.language_model)):
+            # The LM head and the loss run on the loss-bearing positions only (a quarter of a packed
+            # row's tokens here: images, prompts and padding carry none); with a 150k vocabulary the full
+            # [B, T, V] logits would be the step's largest activation.
+            keep = kwargs["logits_to_keep"] = loss_positions(labels)
         out = self.language_model(
-            inputs_embeds=embeds, position_ids=position_ids, attention_mask=None, use_cache=False, **packed
+            inputs_embeds=embeds, position_ids=position_ids, attention_mask=None, use_cache=False, **kwargs
         )
-        losses = None if labels is None else shifted_token_losses(out.logits, labels)
-        return VLMOutput(logits=out.logits, token_losses=losses)
+        if labels is None:
+            return VLMOutput(logits=out.logits)
+        if keep is None:
+            return VLMOutput(logits=None, token_losses=shifted_token_losses(out.logits, labels))
+        return VLMOutput(logits=None, token_losses=selected_token_losses(out.logits, labels, keep))
 
     def gradient_checkpointing_enable(self) -> None:
         """Activation checkpointing in the tower and the LM (non-reentrant, so frozen inputs still work)."""

@@ -7,8 +7,6 @@ import math
 
 import torch
 
-from vilaray.model.inputs import shifted_token_losses
-
 
 def step_scale(world_size: int, grad_accum: int, n_global: int) -> float:
     """DeepSpeed divides by grad_accum in backward and averages gradients over ranks; multiplying a
@@ -17,12 +15,12 @@ def step_scale(world_size: int, grad_accum: int, n_global: int) -> float:
 
 
 def token_loss_sums(
-    logits: torch.Tensor, labels: torch.Tensor, sources: list[str]
+    token_losses: torch.Tensor, labels: torch.Tensor, sources: list[str]
 ) -> tuple[torch.Tensor, dict]:
-    """Sum of next-token losses (a scalar with grad) and per-source (sum, count) for logging."""
-    tok = shifted_token_losses(logits, labels)
+    """Sum of next-token losses (a scalar with grad) and per-source (sum, count) for logging, from the
+    model's [B, T-1] `token_losses` (its forward given the labels)."""
     valid = labels[:, 1:] != -100
-    per_row = tok.sum(dim=1)
+    per_row = token_losses.sum(dim=1)
     counts = valid.sum(dim=1)
     by_source: dict[str, list[float]] = {}
     for i, source in enumerate(sources):

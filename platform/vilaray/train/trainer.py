@@ -145,8 +145,9 @@ class Trainer:
         pending = list(micro)
         while pending:
             mb = pending.pop(0)
-            out = strategy.forward(**to_device(mb, device))
-            loss_sum, sources = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
+            labels = mb["labels"].to(device)
+            out = strategy.forward(**to_device(mb, device), labels=labels)
+            loss_sum, sources = token_loss_sums(out.token_losses, labels, mb["sources"])
             if self.faults.nan_loss(self.step + 1):
                 loss_sum = loss_sum * float("nan")
             if not strategy.all_finite(loss_sum.detach()):

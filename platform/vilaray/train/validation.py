@@ -79,8 +79,9 @@ class ValidationSet:
         with evaluating(strategy.module):
             for k in range(self.forwards):
                 mb = self.mine[k] if k < len(self.mine) else self.filler
-                out = strategy.forward(**to_device(mb, device))
-                _, by_source = token_loss_sums(out.logits, mb["labels"].to(device), mb["sources"])
+                labels = mb["labels"].to(device)
+                out = strategy.forward(**to_device(mb, device), labels=labels)
+                _, by_source = token_loss_sums(out.token_losses, labels, mb["sources"])
                 if k < len(self.mine):  # a lockstep filler's losses are another rank's
                     add_source_sums(sums, by_source)
         reduced = strategy.reduce_by_source(sums)
