@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import platform
@@ -18,17 +17,15 @@ from vilaray.bench import Benchmark, register
 from vilaray.config import Recipe, recipe_from_dict
 from vilaray.data.pipeline import (
     PipelineSpec,
+    SourceEncoder,
     build_mixture,
-    encode_rows,
-    iter_shard_samples,
-    pack_rows,
     plan_source,
     shard_schedule,
+    windows,
 )
-from vilaray.data.quarantine import LedgerClient, Quarantine, QuarantineActor
+from vilaray.data.quarantine import QuarantineActor
 from vilaray.data.readers import Shard
 from vilaray.data.stats import StreamStats
-from vilaray.data.tokenize import SampleEncoder
 from vilaray.synth.assets import build_assets
 from vilaray.synth.world import build_world
 
@@ -320,14 +317,6 @@ def bench_recipe(
 # -------------------------------------------------------------------------------------------- naive
 
 
-def call_windows(shards: list[Shard], size: int, client: LedgerClient) -> Iterator[list[dict]]:
-    """The samples of one actor call's shards in windows of `size`, the last one partial: how the
-    pipeline's EncodeStage cuts them (windows span the call's shards, never two calls)."""
-    samples = itertools.chain.from_iterable(iter_shard_samples(sh, client) for sh in shards)
-    while window := list(itertools.islice(samples, size)):
-        yield window
-
-
 def scheduled_calls(shards: list[Shard], epochs: int, seed: int, per_call: int) -> Iterator[list[Shard]]:
     """The pipeline's shard order (`shard_schedule`) cut into its actor calls of `per_call` shards."""
     rows = shard_schedule(shards, epochs, seed)
@@ -337,24 +326,20 @@ def scheduled_calls(shards: list[Shard], epochs: int, seed: int, per_call: int) 
 
 def run_naive(recipe: Recipe) -> NaiveRun:
     """One process, no Ray: read -> encode_rows -> pack_rows per window, source after source."""
-    from transformers import AutoTokenizer
-
     cpu0 = time.process_time()
     clock = StreamClock()
-    spec = PipelineSpec.from_recipe(recipe)
-    encoder = SampleEncoder(AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode)
-    client = LedgerClient(Quarantine(None))
+    source = SourceEncoder.local(PipelineSpec.from_recipe(recipe))
     lengths: dict[str, list[int]] = {}
     for name, src in recipe.data.sources.items():
         shards = plan_source(name, src, recipe.data)
-        for call in scheduled_calls(shards, src.epochs, spec.seed, recipe.data.shards_per_call):
-            for window in call_windows(call, recipe.data.pack_window, client):
-                encoded = encode_rows(encoder, window, client)
+        for call in scheduled_calls(shards, src.epochs, source.spec.seed, recipe.data.shards_per_call):
+            # Windows span one call's shards, never two calls: how the pipeline's EncodeStage cuts them.
+            for window in windows(source.samples(call), recipe.data.pack_window):
+                encoded = source.encode(window)
                 lengths.setdefault(name, []).extend(int(s["num_tokens"]) for s in encoded)
                 # Row by row, as a training loop takes them (the pipeline's blocks are timed as they arrive).
-                for packed in pack_rows(encoded, spec):
+                for packed in source.pack(encoded):
                     clock.add_row(packed)
-    client.flush()
     wall = clock.end_to_end().seconds
     return NaiveRun([clock], lengths, [(time.process_time() - cpu0) / wall if wall > 0 else 0.0])
 

@@ -90,12 +90,8 @@ class TrainBenchConfig:
 def world_doc_lengths(root: str, seed: int) -> list[int]:
     """Text-token lengths of the shapes world's documents, captions and text samples, by the tiny
     tokenizer: the length mix packed rows are built from."""
-    from transformers import AutoTokenizer
-
     from vilaray.config import recipe_from_dict
-    from vilaray.data.pipeline import PipelineSpec, encode_rows, iter_shard_samples, plan_source
-    from vilaray.data.quarantine import LedgerClient, Quarantine
-    from vilaray.data.tokenize import SampleEncoder
+    from vilaray.data.pipeline import PipelineSpec, SourceEncoder, plan_source
     from vilaray.synth.assets import build_assets
     from vilaray.synth.world import build_world
 
@@ -113,14 +109,13 @@ def world_doc_lengths(root: str, seed: int) -> list[int]:
             "data": {"root": str(world), "sources": sources, "mix": dict.fromkeys(sources, 1.0)},
         }
     )
-    spec = PipelineSpec.from_recipe(recipe)
-    encoder = SampleEncoder(AutoTokenizer.from_pretrained(spec.tokenizer_dir), spec.geometry, spec.encode)
-    client = LedgerClient(Quarantine(None))
+    source = SourceEncoder.local(PipelineSpec.from_recipe(recipe))
+    per_image = source.spec.geometry.tokens_per_image
     lengths = []
     for name, src in recipe.data.sources.items():
         for shard in plan_source(name, src, recipe.data):
-            for row in encode_rows(encoder, list(iter_shard_samples(shard, client)), client):
-                lengths.append(int(row["num_tokens"]) - len(row["images"]) * spec.geometry.tokens_per_image)
+            for row in source.encode(list(source.samples([shard]))):
+                lengths.append(int(row["num_tokens"]) - len(row["images"]) * per_image)
     return [n for n in lengths if n > 1]
 
 

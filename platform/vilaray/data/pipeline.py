@@ -111,6 +111,46 @@ def iter_shard_samples(shard: Shard, client: LedgerClient) -> Iterator[dict]:
             yield item
 
 
+def windows(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    """Consecutive windows of `size` samples, the last one partial."""
+    while window := list(itertools.islice(samples, size)):
+        yield window
+
+
+class SourceEncoder:
+    """Read -> tokenize -> pack as one object, with bad records going to `client`: what the pipeline's
+    actors run, and the driver-side pilot, validation set and benchmarks run the same way."""
+
+    def __init__(self, spec: PipelineSpec, client: LedgerClient, encoder: SampleEncoder | None = None):
+        self.spec = spec
+        self.client = client
+        self.encoder = encoder or spec.local_encoder()
+
+    @classmethod
+    def local(cls, spec: PipelineSpec) -> SourceEncoder:
+        """In this process, counting bad records nowhere: the training stream's own ledger counts them
+        (a driver-side pass over the same files would count them twice)."""
+        from vilaray.data.quarantine import Quarantine
+
+        return cls(spec, LedgerClient(Quarantine(None)))
+
+    def samples(self, shards: list[Shard], split: bool = True) -> Iterator[dict]:
+        """The shards' samples in order; with `split`, only those of the spec's train/validation split."""
+        samples = (s for sh in shards for s in iter_shard_samples(sh, self.client))
+        return (s for s in samples if self.spec.keeps(s)) if split else samples
+
+    def encode(self, samples: list[dict]) -> list[dict]:
+        return encode_rows(self.encoder, samples, self.client)
+
+    def pack(self, encoded: list[dict]) -> list[dict]:
+        return pack_rows(encoded, self.spec)
+
+    def packed_windows(self, samples: Iterator[dict], window: int) -> Iterator[list[dict]]:
+        """Packed rows per window of `window` samples (a window's rows may be none)."""
+        for w in windows(samples, window):
+            yield self.pack(self.encode(w))
+
+
 class EncodeStage:
     """Ray Data actor: loads the tokenizer once; each call reads `shards_per_call` shards, tokenizes and packs.
 
@@ -121,20 +161,16 @@ class EncodeStage:
     """
 
     def __init__(self, spec: PipelineSpec, ledger, pack_window: int):
-        self.spec = spec
         self.window = pack_window
-        self.encoder = spec.local_encoder()
-        self.client = LedgerClient(ledger)
+        self.source = SourceEncoder(spec, LedgerClient(ledger))
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         # Windows run across the call's shards, so small shards (a few dozen documents) still pack well.
         shards = [Shard.from_row(json.loads(row)) for row in batch.column("shard").to_pylist()]
-        samples = (s for sh in shards for s in iter_shard_samples(sh, self.client) if self.spec.keeps(s))
-        while window := list(itertools.islice(samples, self.window)):
-            rows = pack_rows(encode_rows(self.encoder, window, self.client), self.spec)
+        for rows in self.source.packed_windows(self.source.samples(shards), self.window):
             if rows:
                 yield rows_to_table(rows, schema.ROW)
-        self.client.flush()
+        self.source.client.flush()
 
 
 def encode_rows(encoder: SampleEncoder, samples: list[dict], client: LedgerClient) -> list[dict]:
@@ -181,19 +217,15 @@ def source_dataset(
 
 def pilot_efficiency(shards: list[Shard], spec: PipelineSpec, window: int, windows: int = 4) -> float:
     """Packing efficiency of a source measured on its first few windows, on the driver, with the same code."""
-    from vilaray.data.quarantine import Quarantine
-
     if not spec.packing:
         return 1.0
-    encoder = spec.local_encoder()
-    client = LedgerClient(Quarantine(None))
+    source = SourceEncoder.local(spec)
     want = window * windows
-    samples = list(itertools.islice((s for sh in shards for s in iter_shard_samples(sh, client)), want))
+    samples = list(itertools.islice(source.samples(shards, split=False), want))
     # Small sources are repeated by epochs in the stream; repeat them here too so windows are full.
     if samples and len(samples) < want:
         samples = (samples * (want // len(samples) + 1))[:want]
-    encoded = encode_rows(encoder, samples, client)
-    rows = [r for k in range(0, len(encoded), window) for r in pack_rows(encoded[k : k + window], spec)]
+    rows = [r for packed in source.packed_windows(iter(samples), window) for r in packed]
     if not rows:
         return 1.0
     return packing_efficiency(sum(r["num_tokens"] for r in rows), len(rows), spec.pack.seq_len)

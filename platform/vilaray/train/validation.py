@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 
@@ -22,20 +21,18 @@ def build_validation_rows(recipe: Recipe, data: DataConfig, rows_per_source: int
     Runs on the driver: the rows are small and identical for every rank, so they travel as one object."""
     from vilaray.data import schema
     from vilaray.data.arrow import rows_to_table
-    from vilaray.data.pipeline import PipelineSpec, encode_rows, iter_shard_samples, pack_rows, plan_source
-    from vilaray.data.quarantine import LedgerClient, Quarantine
+    from vilaray.data.pipeline import PipelineSpec, SourceEncoder, plan_source
 
     spec = dataclasses.replace(PipelineSpec.from_recipe(recipe, data), split="validation")
-    encoder = spec.local_encoder()
-    # Bad records here are the training stream's too: its ledger counts them, this one would double count.
-    client = LedgerClient(Quarantine(None))
+    source = SourceEncoder.local(spec)
     rows, found = [], {}
     for name in data.weights():
-        shards = plan_source(name, data.sources[name], data)
-        samples = (s for sh in shards for s in iter_shard_samples(sh, client) if spec.keeps(s))
+        windows = source.packed_windows(
+            source.samples(plan_source(name, data.sources[name], data)), data.pack_window
+        )
         got: list[dict] = []
-        while len(got) < rows_per_source and (window := list(itertools.islice(samples, data.pack_window))):
-            got += pack_rows(encode_rows(encoder, window, client), spec)
+        while len(got) < rows_per_source and (packed := next(windows, None)) is not None:
+            got += packed
         got = got[:rows_per_source]
         found[name] = {
             "rows": len(got),
