@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import _bootstrap  # noqa: F401
-from vilaray.bench import BENCHMARKS, Benchmark, get_benchmark
+from vilaray.bench import BENCHMARKS, Benchmark
 from vilaray.runtime import init_ray
 
 # Two settings of a local Ray, set before it starts (export either variable to override):
@@ -42,7 +42,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> None
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="benchmark", required=True)
-    for bench in BENCHMARKS.values():
+    for _, bench in BENCHMARKS.items():
         bp = sub.add_parser(
             bench.name,
             help=bench.summary.splitlines()[0],
@@ -69,7 +69,7 @@ def config_from_args(bench: Benchmark, args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    bench = get_benchmark(args.benchmark)
+    bench = BENCHMARKS.get(args.benchmark)
     # One logical CPU per core unless set: throughput is compared against a single process.
     init_ray(args.address, num_cpus=args.ray_cpus or os.cpu_count(), log_to_driver=False)
     report = bench.run(config_from_args(bench, args))

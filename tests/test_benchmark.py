@@ -13,13 +13,13 @@ import torch
 
 
 def test_data_benchmark_reports_throughput_and_packing(ray_session, bench_root):
-    from vilaray.bench import get_benchmark
+    from vilaray.bench import BENCHMARKS
     from vilaray.bench.data import DataBenchConfig
 
     cfg = DataBenchConfig(
         root=str(bench_root), scale="tiny", pair_epochs=2, doc_epochs=2, pack_window=16, bracket=False
     )
-    report = get_benchmark("data").run(cfg)
+    report = BENCHMARKS.get("data").run(cfg)
     out = json.loads(json.dumps(report.to_dict()))  # the JSON file's content, round-tripped
 
     # 4 photo pairs and 2 photo docs in the tiny world, each read twice; none is rejected.
@@ -53,13 +53,13 @@ def test_data_benchmark_reports_throughput_and_packing(ray_session, bench_root):
 
 def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, bench_root):
     """The harness on the CPU-sized shape: every variant x packing measured, ratios and FLOPs filled in."""
-    from vilaray.bench import get_benchmark
+    from vilaray.bench import BENCHMARKS
     from vilaray.bench.train import TrainBenchConfig
 
     cfg = TrainBenchConfig(
         shape="tiny", rows=2, seq_len=128, steps=2, warmup=1, zero_stages="2", lengths_root=str(bench_root)
     )
-    report = get_benchmark("train").run(cfg)
+    report = BENCHMARKS.get("train").run(cfg)
     out = json.loads(json.dumps(report.to_dict()))
     variants = {(r["variant"], r["packing"]) for r in out["results"]}
     assert variants == {
@@ -87,10 +87,10 @@ def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, bench_
 
 
 def test_eval_benchmark_compares_batched_ray_data_with_one_at_a_time(ray_session, bench_root):
-    from vilaray.bench import get_benchmark
+    from vilaray.bench import BENCHMARKS
     from vilaray.bench.evals import EvalBenchConfig
 
-    report = get_benchmark("eval").run(
+    report = BENCHMARKS.get("eval").run(
         EvalBenchConfig(root=str(bench_root), limit=3, shots="0,2", batch_size=4)
     )
     out = report.to_dict()
@@ -110,11 +110,11 @@ def test_attention_benchmark_compares_packed_sdpa_with_masked_sdpa(bench_root):
     """In one process: both implementations on the same packed and unpacked rows, with the same losses.
     packed_sdpa's speed against sdpa's is the benchmark's verdict (its floor), not this test's: a test
     that timed it would fail on a busy machine."""
-    from vilaray.bench import get_benchmark
+    from vilaray.bench import BENCHMARKS
     from vilaray.bench.attention import AttentionBenchConfig
 
     report_cfg = AttentionBenchConfig(steps=3, warmup=1, lengths_root=str(bench_root))
-    report = get_benchmark("attention").run(report_cfg)
+    report = BENCHMARKS.get("attention").run(report_cfg)
     out = json.loads(json.dumps(report.to_dict()))
     assert {(r["variant"], r["packing"]) for r in out["results"]} == {
         (a, p) for a in ("sdpa", "packed_sdpa") for p in (True, False)
@@ -139,11 +139,11 @@ def test_attention_benchmark_compares_packed_sdpa_with_masked_sdpa(bench_root):
 def test_lm_head_benchmark_compares_loss_positions_with_full_logits(bench_root):
     """In one process: the LM head on the loss positions only and on every position, same rows, same
     losses; the prompt masking the benchmark applies is what leaves positions without loss."""
-    from vilaray.bench import get_benchmark
+    from vilaray.bench import BENCHMARKS
     from vilaray.bench.lm_head import LMHeadBenchConfig, check, prompt_labels
 
     report_cfg = LMHeadBenchConfig(steps=2, warmup=1, packing="on", lengths_root=str(bench_root))
-    report = get_benchmark("lm-head").run(report_cfg)
+    report = BENCHMARKS.get("lm-head").run(report_cfg)
     out = json.loads(json.dumps(report.to_dict()))
     assert [r["variant"] for r in out["results"]] == ["full logits", "loss positions"]
     full, selective = out["results"]
@@ -156,4 +156,4 @@ def test_lm_head_benchmark_compares_loss_positions_with_full_logits(bench_root):
     masked = prompt_labels({"labels": torch.arange(20)[None], "position_ids": pos}, 0.6)
     assert masked[0].tolist() == [-100] * 6 + list(range(6, 10)) + [-100] * 6 + list(range(16, 20))
     with pytest.raises(ValueError, match="--prompt-share"):
-        get_benchmark("lm-head").run(dataclasses.replace(report_cfg, prompt_share=1.0))
+        BENCHMARKS.get("lm-head").run(dataclasses.replace(report_cfg, prompt_share=1.0))

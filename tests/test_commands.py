@@ -132,5 +132,5 @@ def test_benchmark_commands_parse(bench):
 
     # python jobs/benchmark.py attention|data|train|eval|lm-head (their runs are tests/test_benchmark.py's)
     args = benchmark.build_parser().parse_args([bench])
-    config = benchmark.config_from_args(benchmark.get_benchmark(bench), args)
-    assert args.benchmark == bench and config == benchmark.get_benchmark(bench).config()
+    config = benchmark.config_from_args(benchmark.BENCHMARKS.get(bench), args)
+    assert args.benchmark == bench and config == benchmark.BENCHMARKS.get(bench).config()

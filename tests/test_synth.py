@@ -89,7 +89,7 @@ def test_build_is_idempotent_and_replaces_only_its_own_worlds(tmp_path):
 
 def test_manifest_lists_every_file_and_round_trips(world, root):
     loaded = WorldManifest.load(root)
-    assert loaded == world and loaded.scale == SCALES["tiny"] and loaded.photo
+    assert loaded == world and loaded.scale == SCALES.get("tiny") and loaded.photo
     for kind, rels in world.files.items():
         assert rels, kind
         assert all((root / rel).is_file() for rel in rels), kind
@@ -97,7 +97,7 @@ def test_manifest_lists_every_file_and_round_trips(world, root):
         assert (root / rel).is_dir(), kind
     data = json.loads((root / "manifest.json").read_text())
     assert data["seed"] == 0 and data["image_size"] == 64 and "sha256" in data["split_rule"]
-    assert data["counts"]["pairs"] == SCALES["tiny"].pairs
+    assert data["counts"]["pairs"] == SCALES.get("tiny").pairs
 
 
 # -------------------------------------------------------------------------------------------- formats
@@ -105,7 +105,7 @@ def test_manifest_lists_every_file_and_round_trips(world, root):
 
 def test_pairs_parquet_and_webdataset_hold_the_same_samples(world, root):
     tables = [pq.read_table(p) for p in world.paths("pairs")]
-    assert len(tables) == SCALES["tiny"].shards
+    assert len(tables) == SCALES.get("tiny").shards
     expected = pa.schema(
         [("id", pa.string()), ("url", pa.string()), ("text", pa.string()), ("image", pa.binary())]
     )
@@ -212,7 +212,7 @@ def test_text_corpus_and_text_instructions(world):
         assert roles and roles == ["user", "assistant"] * (len(roles) // 2)
         assert all(isinstance(m["content"], str) and m["content"] for m in c["messages"])
     # Some replies are the fact's sentence, some (asked with LLaVA's short-answer suffix) its answer alone.
-    facts = {f.answer for f in fact_base(0, SCALES["tiny"].facts)}
+    facts = {f.answer for f in fact_base(0, SCALES.get("tiny").facts)}
     turns = [
         (u["content"], a["content"]) for c in convs for u, a in zip(c["messages"][::2], c["messages"][1::2])
     ]

@@ -37,8 +37,7 @@ class SourceConfig(Strict):
     def _known_format(cls, value: str) -> str:
         from vilaray.data.readers import READERS
 
-        if value not in READERS:
-            raise ValueError(f"unknown format {value!r}; expected one of {sorted(READERS)}")
+        READERS.get(value)  # raises naming the choices
         return value
 
 

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from vilaray.registry import Registry
+
 
 class BenchReport(Protocol):
     """What every benchmark returns: a table for people, a dict for the JSON file, and the failed floors."""
@@ -29,19 +31,11 @@ class Benchmark:
     ray_cpus: float | None = None  # logical CPUs of a local Ray (None: one per core)
 
 
-BENCHMARKS: dict[str, Benchmark] = {}
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 
 
 def register(bench: Benchmark) -> Benchmark:
-    BENCHMARKS[bench.name] = bench
-    return bench
-
-
-def get_benchmark(name: str) -> Benchmark:
-    try:
-        return BENCHMARKS[name]
-    except KeyError:
-        raise KeyError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}") from None
+    return BENCHMARKS.add(bench.name, bench)
 
 
 # Benchmark modules register themselves on import.

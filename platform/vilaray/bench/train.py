@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vilaray.bench import Benchmark, register
+from vilaray.registry import Registry
 from vilaray.train.flops import FORMULA, H100_BF16_TFLOPS, FlopModel
 
 MODELS = Path(__file__).resolve().parents[3] / "jobs" / "recipes" / "models"
@@ -47,11 +48,18 @@ def _shipped(name: str) -> dict:
 
 # Model shapes -> (vision tower config, LM config, projector), read on the driver (the repo's recipe folder
 # is not shipped to Ray workers). Weights are random: only the shapes matter.
-SHAPES: dict[str, Callable[[], tuple[dict, dict, str]]] = {
-    "qwen2-0.5b-siglip": lambda: (_shipped("siglip-base-patch16-224"), _shipped("qwen2-0.5b"), "mlp2x_gelu"),
-    # A CPU-sized stand-in, so the harness itself is tested on every machine.
-    "tiny": lambda: (TINY_VISION, TINY_LM, "mlp2x_gelu"),
-}
+SHAPES: Registry[Callable[[], tuple[dict, dict, str]]] = Registry(
+    "shape",
+    {
+        "qwen2-0.5b-siglip": lambda: (
+            _shipped("siglip-base-patch16-224"),
+            _shipped("qwen2-0.5b"),
+            "mlp2x_gelu",
+        ),
+        # A CPU-sized stand-in, so the harness itself is tested on every machine.
+        "tiny": lambda: (TINY_VISION, TINY_LM, "mlp2x_gelu"),
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -475,12 +483,11 @@ def _choice(flag: str, text: str, allowed: dict):
 
 
 def run_train_benchmark(cfg: TrainBenchConfig) -> TrainBenchReport:
-    if cfg.shape not in SHAPES:
-        raise ValueError(f"unknown shape {cfg.shape!r}; expected one of {sorted(SHAPES)}")
+    shape = SHAPES.get(cfg.shape)
     packing = [_choice("packing", p, {"on": True, "off": False}) for p in cfg.packing.split(",")]
     stages = [_choice("zero-stages", s, {str(z): z for z in (1, 2, 3)}) for s in cfg.zero_stages.split(",")]
     work = Workload(
-        SHAPES[cfg.shape](),
+        shape(),
         cfg.attn,
         cfg.rows,
         cfg.seq_len,

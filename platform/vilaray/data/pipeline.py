@@ -31,11 +31,15 @@ from vilaray.data.readers import Shard, get_reader
 from vilaray.data.sample import Reject
 from vilaray.data.tokenize import EncodeConfig, SampleEncoder
 from vilaray.model.geometry import ImageGeometry
+from vilaray.registry import Registry
 
-STOP_RULES = {
-    "shortest": ray.data.MixStoppingCondition.STOP_ON_SHORTEST,
-    "longest": ray.data.MixStoppingCondition.STOP_ON_LONGEST_DROP,
-}
+STOP_RULES = Registry(
+    "stop rule",
+    {
+        "shortest": ray.data.MixStoppingCondition.STOP_ON_SHORTEST,
+        "longest": ray.data.MixStoppingCondition.STOP_ON_LONGEST_DROP,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,6 @@ def build_mixture(recipe: Recipe, ledger, data: DataConfig | None = None) -> Mix
         mixed = datasets[0].mix(
             *datasets[1:],
             weights=[row_weights[n] for n in names],
-            stopping_condition=STOP_RULES[data.stop_on],
+            stopping_condition=STOP_RULES.get(data.stop_on),
         )
     return Mixture(mixed, token_weights, row_weights, eff, spec)

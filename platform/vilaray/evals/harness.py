@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vilaray.evals.prompts import PromptItem, build_prompt, draw_shots
 from vilaray.evals.tasks import EvalSample, Suite, TaskSpec, load_split
+from vilaray.registry import Registry
 
 
 @dataclass
@@ -63,12 +64,15 @@ def _cider(preds: dict[str, str], samples: dict[str, EvalSample]) -> dict[str, f
 
 
 # Per-sample scores; a task's score is their mean (CIDEr-D included: pycocoevalcap averages per image).
-METRICS: dict[str, Callable[[dict[str, str], dict[str, EvalSample]], dict[str, float]]] = {
-    "vqa_accuracy": _vqa,
-    "exact_match": _exact,
-    "mc_accuracy": _mc,
-    "cider_d": _cider,
-}
+METRICS: Registry[Callable[[dict[str, str], dict[str, EvalSample]], dict[str, float]]] = Registry(
+    "metric",
+    {
+        "vqa_accuracy": _vqa,
+        "exact_match": _exact,
+        "mc_accuracy": _mc,
+        "cider_d": _cider,
+    },
+)
 
 
 def bootstrap_stderr(values: list[float], seed: int, rounds: int = 1000) -> float:
@@ -84,7 +88,7 @@ def bootstrap_stderr(values: list[float], seed: int, rounds: int = 1000) -> floa
 
 def score(metric: str, preds: dict[str, str], samples: list[EvalSample], seed: int) -> Score:
     by_uid = {s.uid: s for s in samples}
-    per = METRICS[metric](preds, by_uid)
+    per = METRICS.get(metric)(preds, by_uid)
     values = [per[u] for u in preds]
     return Score(sum(values) / max(1, len(values)), bootstrap_stderr(values, seed), len(values))
 

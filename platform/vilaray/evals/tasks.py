@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vilaray.registry import Registry
+
 
 class TaskFileError(ValueError):
     """A malformed task file; the message names the file and the field."""
@@ -205,12 +207,15 @@ def load_multiple_choice(split: SplitSpec, base: Path) -> tuple[list[EvalSample]
     return samples, skipped
 
 
-LOADERS: dict[str, Callable[[SplitSpec, Path], tuple[list[EvalSample], int]]] = {
-    "vqa": load_vqa,
-    "caption": load_caption,
-    "multiple_choice": load_multiple_choice,
-}
+LOADERS: Registry[Callable[[SplitSpec, Path], tuple[list[EvalSample], int]]] = Registry(
+    "task kind",
+    {
+        "vqa": load_vqa,
+        "caption": load_caption,
+        "multiple_choice": load_multiple_choice,
+    },
+)
 
 
 def load_split(task: TaskSpec, split: str, base: Path) -> tuple[list[EvalSample], int]:
-    return LOADERS[task.kind](getattr(task, split), base)
+    return LOADERS.get(task.kind)(getattr(task, split), base)

@@ -14,9 +14,10 @@ from torch import nn
 
 from vilaray.model.geometry import ImageGeometry
 from vilaray.model.packed_attention import PACKED_SDPA
-from vilaray.model.projectors import Projector, get_projector
+from vilaray.model.projectors import PROJECTORS, Projector
 from vilaray.model.spec import ComponentSource, ModelSpec
 from vilaray.model.vlm import VisionLanguageModel
+from vilaray.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def causal_lm_around(base: nn.Module, lm_head: nn.Module, text_config) -> nn.Mod
 
 
 def fresh_projector(name: str, vision_hidden: int, text_hidden: int) -> Projector:
-    return get_projector(name)(vision_hidden, text_hidden)
+    return PROJECTORS.get(name)(vision_hidden, text_hidden)
 
 
 @dataclass
@@ -229,10 +230,9 @@ def _from_vilaray(path: str, dtype: torch.dtype, attn: str | None) -> Parts:
 
 
 # config.json model_type -> loader of a saved VLM directory.
-SAVED_FORMATS: dict[str, Callable[[str, torch.dtype, str | None], Parts]] = {
-    "llava": _from_llava,
-    "vilaray_vlm": _from_vilaray,
-}
+SAVED_FORMATS: Registry[Callable[[str, torch.dtype, str | None], Parts]] = Registry(
+    "saved model type", {"llava": _from_llava, "vilaray_vlm": _from_vilaray}
+)
 
 
 def saved_model_type(path: str | Path) -> str:
@@ -242,7 +242,7 @@ def saved_model_type(path: str | Path) -> str:
     model_type = json.loads(cfg.read_text()).get("model_type")
     if model_type not in SAVED_FORMATS:
         raise ValueError(
-            f"{cfg}: model_type {model_type!r} is not a VLM vilaray loads ({sorted(SAVED_FORMATS)})"
+            f"{cfg}: model_type {model_type!r} is not a VLM vilaray loads ({SAVED_FORMATS.names()})"
         )
     return model_type
 
@@ -295,7 +295,7 @@ def weights_file(path: str) -> str:
 
 
 def _parts_from_dir(spec: ModelSpec, dtype: torch.dtype) -> tuple[Parts, Any, Any]:
-    parts = SAVED_FORMATS[saved_model_type(spec.path)](spec.path, dtype, spec.attn_implementation)
+    parts = SAVED_FORMATS.get(saved_model_type(spec.path))(spec.path, dtype, spec.attn_implementation)
     tokenizer = load_tokenizer(spec.tokenizer or spec.path, spec.image_token)
     if image_token_id(tokenizer, spec.image_token) != parts.image_token_id:
         raise ValueError(

@@ -11,21 +11,14 @@ from torch import nn
 from vilaray.model.lora import inject_lora, is_lora_param, lora_layers
 from vilaray.model.spec import COMPONENTS, ComponentSchedule, FreezeSchedule
 from vilaray.model.vlm import VisionLanguageModel, encoder_layers
+from vilaray.registry import Registry
 
 log = logging.getLogger(__name__)
 
 # mode -> function(model, component name, its schedule, the whole schedule) -> short description.
 # Each runs after the component's parameters were all set to requires_grad=False.
 Mode = Callable[[VisionLanguageModel, str, ComponentSchedule, FreezeSchedule], str]
-MODES: dict[str, Mode] = {}
-
-
-def mode(name: str):
-    def wrap(fn: Mode) -> Mode:
-        MODES[name] = fn
-        return fn
-
-    return wrap
+MODES: Registry[Mode] = Registry("freeze mode")
 
 
 def _unused(model: VisionLanguageModel, component: str) -> tuple[str, ...]:
@@ -42,18 +35,18 @@ def _set_trainable(module: nn.Module, skip: tuple[str, ...] = (), only_lora: boo
             p.requires_grad_(True)
 
 
-@mode("frozen")
+@MODES.register("frozen")
 def _frozen(model, component, sched, schedule) -> str:
     return "frozen"
 
 
-@mode("full")
+@MODES.register("full")
 def _full(model, component, sched, schedule) -> str:
     _set_trainable(getattr(model, component), _unused(model, component))
     return "full"
 
 
-@mode("lora")
+@MODES.register("lora")
 def _lora(model, component, sched, schedule) -> str:
     module = getattr(model, component)
     n = inject_lora(module, component, sched, schedule.lora_targets(component), _unused(model, component))
@@ -61,7 +54,7 @@ def _lora(model, component, sched, schedule) -> str:
     return f"lora r={sched.r} alpha={sched.alpha:g} on {n} layers"
 
 
-@mode("last_k")
+@MODES.register("last_k")
 def _last_k(model, component, sched, schedule) -> str:
     tower = getattr(model, component)
     name, layers = encoder_layers(tower)
@@ -102,7 +95,7 @@ def apply_schedule(model: VisionLanguageModel, schedule: FreezeSchedule) -> list
         if sched.mode != "lora" and lora_layers(module):
             raise ValueError(f"{component} carries LoRA adapters but the schedule says {sched.mode}")
         module.requires_grad_(False)
-        detail = MODES[sched.mode](model, component, sched, schedule)
+        detail = MODES.get(sched.mode)(model, component, sched, schedule)
         rows.append(ComponentReport(component, sched.mode, detail, *_count(module), sched.lr))
     log.info("freezing schedule:\n%s", format_table(rows))
     return rows

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from vilaray.model.projectors import get_projector
+from vilaray.model.projectors import PROJECTORS
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class ImageGeometry:
 
     @property
     def tokens_per_image(self) -> int:
-        return get_projector(self.projector).num_tokens(self.grid)
+        return PROJECTORS.get(self.projector).num_tokens(self.grid)
 
     @property
     def image_bytes(self) -> int:

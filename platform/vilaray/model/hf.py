@@ -13,7 +13,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from vilaray.model.projectors import get_projector
+from vilaray.model.projectors import PROJECTORS
 from vilaray.model.vlm import scatter_image_features, tower_features
 
 MODEL_TYPE = "vilaray_vlm"
@@ -75,7 +75,7 @@ class VilarayVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def __init__(self, config: VilarayVLMConfig):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.projector = get_projector(config.projector)(
+        self.projector = PROJECTORS.get(config.projector)(
             config.vision_config.hidden_size, config.text_config.hidden_size
         )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)

@@ -7,14 +7,15 @@ import math
 import torch
 from torch import nn
 
-PROJECTORS: dict[str, type[Projector]] = {}
+from vilaray.registry import Registry
+
+PROJECTORS: Registry[type[Projector]] = Registry("projector")
 
 
 def register(name: str):
     def wrap(cls: type[Projector]) -> type[Projector]:
         cls.name = name
-        PROJECTORS[name] = cls
-        return cls
+        return PROJECTORS.add(name, cls)
 
     return wrap
 
@@ -86,10 +87,3 @@ class Downsample2x2Projector(Projector):
         half = grid // 2
         x = x.view(n, half, 2, half, 2, d).permute(0, 1, 3, 2, 4, 5).reshape(n, half * half, 4 * d)
         return self.linear_2(self.act(self.linear_1(self.norm(x))))
-
-
-def get_projector(name: str) -> type[Projector]:
-    try:
-        return PROJECTORS[name]
-    except KeyError:
-        raise KeyError(f"unknown projector {name!r}; expected one of {sorted(PROJECTORS)}") from None

@@ -131,8 +131,8 @@ class ModelSpec(Strict):
     def _known_projector(cls, value: str | None) -> str | None:
         from vilaray.model.projectors import PROJECTORS
 
-        if value is not None and value not in PROJECTORS:
-            raise ValueError(f"unknown projector {value!r}; expected one of {sorted(PROJECTORS)}")
+        if value is not None:
+            PROJECTORS.get(value)  # raises naming the choices
         return value
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vilaray.registry import Registry
 from vilaray.synth.facts import Fact, instruction_turns
 from vilaray.synth.language import detailed_description, random_caption, sentence, vqa_questions
 from vilaray.synth.scenes import Scene
@@ -35,18 +36,10 @@ class Chat:
 
 
 ChatStyle = Callable[[Scene, random.Random], list[tuple[str, str]]]
-CHAT_STYLES: dict[str, ChatStyle] = {}
+CHAT_STYLES: Registry[ChatStyle] = Registry("chat style")
 
 
-def chat_style(name: str) -> Callable[[ChatStyle], ChatStyle]:
-    def register(fn: ChatStyle) -> ChatStyle:
-        CHAT_STYLES[name] = fn
-        return fn
-
-    return register
-
-
-@chat_style("short_vqa")
+@CHAT_STYLES.register("short_vqa")
 def _short_vqa(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     return [
         (f"{sentence(qa.question)}\n{SHORT_ANSWER}", qa.answer)
@@ -54,7 +47,7 @@ def _short_vqa(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     ]
 
 
-@chat_style("describe_then_ask")
+@CHAT_STYLES.register("describe_then_ask")
 def _describe_then_ask(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     turns = [(rng.choice(BRIEF_PROMPTS), random_caption(scene, rng))]
     return turns + [
@@ -62,7 +55,7 @@ def _describe_then_ask(scene: Scene, rng: random.Random) -> list[tuple[str, str]
     ]
 
 
-@chat_style("detailed")
+@CHAT_STYLES.register("detailed")
 def _detailed(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     turns = [(rng.choice(DETAIL_PROMPTS), detailed_description(scene))]
     return turns + [(sentence(qa.question), qa.sentence) for qa in vqa_questions(scene, rng, 1)]
@@ -74,7 +67,7 @@ _STYLE_WEIGHTS = {"short_vqa": 5, "describe_then_ask": 3, "detailed": 2}
 def image_chat(chat_id: str, scene: Scene, rng: random.Random) -> Chat:
     names = sorted(CHAT_STYLES)
     name = rng.choices(names, weights=[_STYLE_WEIGHTS[n] for n in names])[0]
-    return Chat(chat_id, tuple(CHAT_STYLES[name](scene, rng)), scene)
+    return Chat(chat_id, tuple(CHAT_STYLES.get(name)(scene, rng)), scene)
 
 
 # Text-only instructions answer in a sentence or, like LLaVA-1.5's short-answer VQA data, in one word when

@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from vilaray.registry import Registry
 from vilaray.synth.language import (
     CAPTIONS,
     COMPLETE_CAPTIONS,
@@ -59,15 +60,7 @@ class Document:
 # --------------------------------------------------------------------------------------------- transitions
 
 Transition = Callable[[Scene, random.Random], tuple[Scene, str] | None]
-TRANSITIONS: dict[str, Transition] = {}
-
-
-def transition(name: str) -> Callable[[Transition], Transition]:
-    def register(fn: Transition) -> Transition:
-        TRANSITIONS[name] = fn
-        return fn
-
-    return register
+TRANSITIONS: Registry[Transition] = Registry("transition")
 
 
 def _pick(scene: Scene, rng: random.Random):
@@ -75,7 +68,7 @@ def _pick(scene: Scene, rng: random.Random):
     return shape, refer(scene, shape) or noun_phrase(shape, det="the")
 
 
-@transition("move")
+@TRANSITIONS.register("move")
 def _move(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
     free = scene.free_positions()
     if not free:
@@ -86,14 +79,14 @@ def _move(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
     return scene.replace_shape(shape, moved), sentence(said.format(ref=ref, where=WHERE[moved.position]))
 
 
-@transition("recolor")
+@TRANSITIONS.register("recolor")
 def _recolor(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
     shape, ref = _pick(scene, rng)
     new = replace(shape, color=rng.choice([c for c in COLORS if c != shape.color]))
     return scene.replace_shape(shape, new), sentence(f"next, {ref} turns {new.color}")
 
 
-@transition("resize")
+@TRANSITIONS.register("resize")
 def _resize(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
     shape, ref = _pick(scene, rng)
     new = replace(shape, size=next(s for s in SIZES if s != shape.size))
@@ -101,7 +94,7 @@ def _resize(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
     return scene.replace_shape(shape, new), sentence(f"then {ref} {verb}")
 
 
-@transition("add")
+@TRANSITIONS.register("add")
 def _add(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
     if scene.count >= MAX_SHAPES:
         return None
@@ -109,7 +102,7 @@ def _add(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
     return scene.with_shape(new), sentence(f"then {noun_phrase(new)} appears {WHERE[new.position]}")
 
 
-@transition("remove")
+@TRANSITIONS.register("remove")
 def _remove(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
     if scene.count <= 1:
         return None
@@ -121,7 +114,7 @@ def next_scene(scene: Scene, rng: random.Random, split: Split, tries: int = 50) 
     """A changed scene that stays inside `split`, with the sentence that tells what changed."""
     names = sorted(TRANSITIONS)
     for _ in range(tries):
-        result = TRANSITIONS[rng.choice(names)](scene, rng)
+        result = TRANSITIONS.get(rng.choice(names))(scene, rng)
         if result is not None and result[0].split == split:
             return result
     fresh = sample_scene(rng, split)
@@ -131,15 +124,7 @@ def next_scene(scene: Scene, rng: random.Random, split: Split, tries: int = 50) 
 # ------------------------------------------------------------------------------------------------- styles
 
 Style = Callable[[random.Random, int, Split], tuple[list[str], list[DocImage]]]
-STYLES: dict[str, Style] = {}
-
-
-def style(name: str) -> Callable[[Style], Style]:
-    def register(fn: Style) -> Style:
-        STYLES[name] = fn
-        return fn
-
-    return register
+STYLES: Registry[Style] = Registry("document style")
 
 
 _STORY_INTROS = (
@@ -149,7 +134,7 @@ _STORY_INTROS = (
 )
 
 
-@style("story")
+@STYLES.register("story")
 def _story(rng: random.Random, n_images: int, split: Split) -> tuple[list[str], list[DocImage]]:
     describe = rng.choice(COMPLETE_CAPTIONS)
     sentences = [rng.choice(_STORY_INTROS).format(n=n_images)]
@@ -176,7 +161,7 @@ _ALBUM_INTROS = (
 _ALBUM_FORMATS = ("{caption}", "Output: {caption}", "This picture shows {lower}", "Caption: {caption}")
 
 
-@style("album")
+@STYLES.register("album")
 def _album(rng: random.Random, n_images: int, split: Split) -> tuple[list[str], list[DocImage]]:
     describe = rng.choice(sorted(CAPTIONS))
     fmt = rng.choice(_ALBUM_FORMATS)
@@ -198,7 +183,7 @@ _QUIZ_INTROS = (
 _QUIZ_FORMATS = ("Question: {q} Short answer: {a}", "Q: {q} A: {a}", "{Q} The answer is {a}.")
 
 
-@style("quiz")
+@STYLES.register("quiz")
 def _quiz(rng: random.Random, n_images: int, split: Split) -> tuple[list[str], list[DocImage]]:
     maker = rng.choice(sorted(QUESTIONS))
     fmt = rng.choice(_QUIZ_FORMATS)
@@ -207,7 +192,7 @@ def _quiz(rng: random.Random, n_images: int, split: Split) -> tuple[list[str], l
     for _ in range(n_images):
         while True:
             scene = sample_scene(rng, split)
-            candidates = QUESTIONS[maker](scene, rng)
+            candidates = QUESTIONS.get(maker)(scene, rng)
             if candidates:
                 break
         qa = rng.choice(candidates)
@@ -220,7 +205,7 @@ def make_document(
     doc_id: str, rng: random.Random, split: Split, min_images: int = 2, max_images: int = 4
 ) -> Document:
     kind = rng.choice(sorted(STYLES))
-    sentences, images = STYLES[kind](rng, rng.randint(min_images, max_images), split)
+    sentences, images = STYLES.get(kind)(rng, rng.randint(min_images, max_images), split)
     return Document(doc_id, tuple(sentences), tuple(images))
 
 

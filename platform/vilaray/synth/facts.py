@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vilaray.registry import Registry
 from vilaray.synth.scenes import COLORS, KINDS, Split, question_split
 
 
@@ -261,22 +262,14 @@ def fact_base(seed: int, size: int = 30) -> list[Fact]:
 # --------------------------------------------------------------------------------------------- texts
 
 Paragraph = Callable[[list[Fact], random.Random], str]
-PARAGRAPHS: dict[str, Paragraph] = {}
-
-
-def paragraph(name: str) -> Callable[[Paragraph], Paragraph]:
-    def register(fn: Paragraph) -> Paragraph:
-        PARAGRAPHS[name] = fn
-        return fn
-
-    return register
+PARAGRAPHS: Registry[Paragraph] = Registry("paragraph")
 
 
 def _of_topic(facts: list[Fact], topic: str) -> list[Fact]:
     return [f for f in facts if f.topic == topic]
 
 
-@paragraph("creature")
+@PARAGRAPHS.register("creature")
 def _creature_paragraph(facts: list[Fact], rng: random.Random) -> str:
     subject = rng.choice(sorted({f.subject for f in _of_topic(facts, "creatures")}))
     statements = [f.statement for f in facts if f.subject == subject]
@@ -291,21 +284,21 @@ def _creature_paragraph(facts: list[Fact], rng: random.Random) -> str:
     return " ".join([intro, *statements])
 
 
-@paragraph("mixing")
+@PARAGRAPHS.register("mixing")
 def _mixing_paragraph(facts: list[Fact], rng: random.Random) -> str:
     chosen = rng.sample(_of_topic(facts, "color_mixing"), 3)
     intro = rng.choice(("Painters in the shapes world mix colors.", "Colors can be mixed."))
     return " ".join([intro, *(f.statement for f in chosen)])
 
 
-@paragraph("arithmetic")
+@PARAGRAPHS.register("arithmetic")
 def _sums_paragraph(facts: list[Fact], rng: random.Random) -> str:
     chosen = rng.sample(_of_topic(facts, "arithmetic"), 3)
     intro = rng.choice(("Counting shapes is easy.", "Here are some sums.", "Numbers add up."))
     return " ".join([intro, *(f.statement for f in chosen)])
 
 
-@paragraph("shapes")
+@PARAGRAPHS.register("shapes")
 def _shapes_paragraph(facts: list[Fact], rng: random.Random) -> str:
     chosen = _of_topic(facts, "shapes")
     statements = [f.statement for f in chosen] + [
@@ -322,7 +315,7 @@ _PARAGRAPH_WEIGHTS = {"creature": 6, "mixing": 1, "arithmetic": 2, "shapes": 1}
 def corpus_paragraph(facts: list[Fact], rng: random.Random) -> str:
     names = sorted(PARAGRAPHS)
     name = rng.choices(names, weights=[_PARAGRAPH_WEIGHTS[n] for n in names])[0]
-    return PARAGRAPHS[name](facts, rng)
+    return PARAGRAPHS.get(name)(facts, rng)
 
 
 def instruction_turns(

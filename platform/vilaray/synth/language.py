@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vilaray.registry import Registry
 from vilaray.synth.scenes import COLORS, KINDS, POSITIONS, SIZES, Scene, Shape
 
 NUMBER_WORDS = ("zero", "one", "two", "three")
@@ -96,37 +97,29 @@ def refer(scene: Scene, shape: Shape, omit: frozenset[str] = frozenset()) -> str
 # ---------------------------------------------------------------------------------------------- captions
 
 Captioner = Callable[[Scene, random.Random], str]
-CAPTIONS: dict[str, Captioner] = {}
-
-
-def captioner(name: str) -> Callable[[Captioner], Captioner]:
-    def register(fn: Captioner) -> Captioner:
-        CAPTIONS[name] = fn
-        return fn
-
-    return register
+CAPTIONS: Registry[Captioner] = Registry("caption style")
 
 
 def _count_phrase(n: int) -> str:
     return f"{NUMBER_WORDS[n]} shape" + ("s" if n > 1 else "")
 
 
-@captioner("positions")
+@CAPTIONS.register("positions")
 def _positions(scene: Scene, rng: random.Random) -> str:
     return join_and([f"{noun_phrase(s)} {WHERE[s.position]}" for s in scene.ordered()])
 
 
-@captioner("count")
+@CAPTIONS.register("count")
 def _count(scene: Scene, rng: random.Random) -> str:
     return f"{_count_phrase(scene.count)}: " + join_and([noun_phrase(s) for s in scene.ordered()])
 
 
-@captioner("where_first")
+@CAPTIONS.register("where_first")
 def _where_first(scene: Scene, rng: random.Random) -> str:
     return "; ".join(f"{WHERE[s.position]} there is {noun_phrase(s)}" for s in scene.ordered())
 
 
-@captioner("colors")
+@CAPTIONS.register("colors")
 def _colors(scene: Scene, rng: random.Random) -> str:
     shapes = list(scene.shapes)
     rng.shuffle(shapes)
@@ -142,17 +135,17 @@ def _kinds_phrase(scene: Scene) -> str:
     )
 
 
-@captioner("picture_of")
+@CAPTIONS.register("picture_of")
 def _picture_of(scene: Scene, rng: random.Random) -> str:
     return f"a picture of {_kinds_phrase(scene)}"
 
 
-@captioner("there_is")
+@CAPTIONS.register("there_is")
 def _there_is(scene: Scene, rng: random.Random) -> str:
     return "there is " + join_and([f"{noun_phrase(s)} {WHERE[s.position]}" for s in scene.ordered()])
 
 
-@captioner("background")
+@CAPTIONS.register("background")
 def _background(scene: Scene, rng: random.Random) -> str:
     return join_and([noun_phrase(s) for s in scene.ordered()]) + " on a light background"
 
@@ -162,7 +155,7 @@ COMPLETE_CAPTIONS: tuple[str, ...] = ("positions", "there_is", "where_first")
 
 
 def caption(scene: Scene, style: str, rng: random.Random) -> str:
-    return sentence(CAPTIONS[style](scene, rng))
+    return sentence(CAPTIONS.get(style)(scene, rng))
 
 
 def random_caption(scene: Scene, rng: random.Random) -> str:
@@ -197,22 +190,14 @@ class QA:
 
 
 QuestionMaker = Callable[[Scene, random.Random], list[QA]]
-QUESTIONS: dict[str, QuestionMaker] = {}
-
-
-def question_maker(name: str) -> Callable[[QuestionMaker], QuestionMaker]:
-    def register(fn: QuestionMaker) -> QuestionMaker:
-        QUESTIONS[name] = fn
-        return fn
-
-    return register
+QUESTIONS: Registry[QuestionMaker] = Registry("question maker")
 
 
 def _others(domain: tuple[str, ...], answer: str) -> tuple[str, ...]:
     return tuple(x for x in domain if x != answer)
 
 
-@question_maker("color")
+@QUESTIONS.register("color")
 def _ask_color(scene: Scene, rng: random.Random) -> list[QA]:
     out = []
     for shape in scene.shapes:
@@ -231,7 +216,7 @@ def _ask_color(scene: Scene, rng: random.Random) -> list[QA]:
     return out
 
 
-@question_maker("count")
+@QUESTIONS.register("count")
 def _ask_count(scene: Scene, rng: random.Random) -> list[QA]:
     n = scene.count
     verb = "is" if n == 1 else "are"
@@ -248,7 +233,7 @@ def _ask_count(scene: Scene, rng: random.Random) -> list[QA]:
     ]
 
 
-@question_maker("count_kind")
+@QUESTIONS.register("count_kind")
 def _ask_count_kind(scene: Scene, rng: random.Random) -> list[QA]:
     kind = rng.choice(KINDS)
     n = sum(s.kind == kind for s in scene.shapes)
@@ -265,7 +250,7 @@ def _ask_count_kind(scene: Scene, rng: random.Random) -> list[QA]:
     ]
 
 
-@question_maker("shape_at")
+@QUESTIONS.register("shape_at")
 def _ask_shape_at(scene: Scene, rng: random.Random) -> list[QA]:
     return [
         QA(
@@ -280,7 +265,7 @@ def _ask_shape_at(scene: Scene, rng: random.Random) -> list[QA]:
     ]
 
 
-@question_maker("exists")
+@QUESTIONS.register("exists")
 def _ask_exists(scene: Scene, rng: random.Random) -> list[QA]:
     present = {(s.color, s.kind) for s in scene.shapes}
     if rng.random() < 0.5:
@@ -304,7 +289,7 @@ def _ask_exists(scene: Scene, rng: random.Random) -> list[QA]:
     ]
 
 
-@question_maker("size")
+@QUESTIONS.register("size")
 def _ask_size(scene: Scene, rng: random.Random) -> list[QA]:
     out = []
     for shape in scene.shapes:
@@ -324,7 +309,7 @@ def _ask_size(scene: Scene, rng: random.Random) -> list[QA]:
     return out
 
 
-@question_maker("where")
+@QUESTIONS.register("where")
 def _ask_where(scene: Scene, rng: random.Random) -> list[QA]:
     out = []
     for shape in scene.shapes:
@@ -349,7 +334,7 @@ def vqa_questions(scene: Scene, rng: random.Random, n: int = 4) -> list[QA]:
     rng.shuffle(makers)
     out: list[QA] = []
     for name in makers:
-        candidates = QUESTIONS[name](scene, rng)
+        candidates = QUESTIONS.get(name)(scene, rng)
         if candidates:
             out.append(rng.choice(candidates))
         if len(out) == n:

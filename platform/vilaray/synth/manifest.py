@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from vilaray.registry import Registry
 from vilaray.synth.scenes import SPLIT_RULE
 
 FORMAT = "vilaray-shapes-world"
@@ -41,79 +42,79 @@ class WorldScale:
     photo_size: int = 512
 
 
-SCALES: dict[str, WorldScale] = {
-    "tiny": WorldScale(
-        "tiny",
-        pairs=32,
-        llava_pretrain=24,
-        obelics_docs=8,
-        mmc4_docs=8,
-        text_docs=48,
-        sft_image_chats=24,
-        sft_text_chats=12,
-        message_chats=12,
-        text_instructions=48,
-        vqa_eval_images=24,
-        vqa_support_images=12,
-        caption_eval_images=16,
-        caption_support_images=8,
-        photo_pairs=4,
-        photo_docs=2,
-        shards=2,
-    ),
-    "small": WorldScale(
-        "small",
-        pairs=2000,
-        llava_pretrain=2000,
-        obelics_docs=600,
-        mmc4_docs=600,
-        text_docs=1500,
-        sft_image_chats=2000,
-        sft_text_chats=600,
-        message_chats=500,
-        text_instructions=1500,
-        vqa_eval_images=300,
-        vqa_support_images=100,
-        caption_eval_images=200,
-        caption_support_images=50,
-        photo_pairs=200,
-        photo_docs=40,
-        shards=4,
-        # Sized for the demo's SFT budget: the tiny LM learns an invented fact only after ~200 repetitions
-        # (a probe on 30 creature colours: 17% -> 100% between steps 150 and 250 of 32 questions). With 30
-        # (163 facts) the demo's SFT learned none; with 12 (73 facts) it learns the sums (89% on held-out
-        # phrasings, 55% with 30), not yet the creatures.
-        facts=12,
-    ),
-    "medium": WorldScale(
-        "medium",
-        pairs=8000,
-        llava_pretrain=8000,
-        obelics_docs=2500,
-        mmc4_docs=2500,
-        text_docs=5000,
-        sft_image_chats=8000,
-        sft_text_chats=2000,
-        message_chats=2000,
-        text_instructions=5000,
-        vqa_eval_images=1000,
-        vqa_support_images=200,
-        caption_eval_images=500,
-        caption_support_images=100,
-        photo_pairs=1000,
-        photo_docs=200,
-        shards=8,
-    ),
-}
+SCALES: Registry[WorldScale] = Registry(
+    "world scale",
+    {
+        "tiny": WorldScale(
+            "tiny",
+            pairs=32,
+            llava_pretrain=24,
+            obelics_docs=8,
+            mmc4_docs=8,
+            text_docs=48,
+            sft_image_chats=24,
+            sft_text_chats=12,
+            message_chats=12,
+            text_instructions=48,
+            vqa_eval_images=24,
+            vqa_support_images=12,
+            caption_eval_images=16,
+            caption_support_images=8,
+            photo_pairs=4,
+            photo_docs=2,
+            shards=2,
+        ),
+        "small": WorldScale(
+            "small",
+            pairs=2000,
+            llava_pretrain=2000,
+            obelics_docs=600,
+            mmc4_docs=600,
+            text_docs=1500,
+            sft_image_chats=2000,
+            sft_text_chats=600,
+            message_chats=500,
+            text_instructions=1500,
+            vqa_eval_images=300,
+            vqa_support_images=100,
+            caption_eval_images=200,
+            caption_support_images=50,
+            photo_pairs=200,
+            photo_docs=40,
+            shards=4,
+            # Sized for the demo's SFT budget: the tiny LM learns an invented fact only after ~200 repetitions
+            # (a probe on 30 creature colours: 17% -> 100% between steps 150 and 250 of 32 questions). With 30
+            # (163 facts) the demo's SFT learned none; with 12 (73 facts) it learns the sums (89% on held-out
+            # phrasings, 55% with 30), not yet the creatures.
+            facts=12,
+        ),
+        "medium": WorldScale(
+            "medium",
+            pairs=8000,
+            llava_pretrain=8000,
+            obelics_docs=2500,
+            mmc4_docs=2500,
+            text_docs=5000,
+            sft_image_chats=8000,
+            sft_text_chats=2000,
+            message_chats=2000,
+            text_instructions=5000,
+            vqa_eval_images=1000,
+            vqa_support_images=200,
+            caption_eval_images=500,
+            caption_support_images=100,
+            photo_pairs=1000,
+            photo_docs=200,
+            shards=8,
+        ),
+    },
+)
 
 
 def resolve_scale(scale: WorldScale | str) -> WorldScale:
     if isinstance(scale, WorldScale):
         return scale
-    try:
-        return SCALES[scale]
-    except KeyError:
-        raise ValueError(f"unknown world scale {scale!r}; expected one of {sorted(SCALES)}") from None
+    return SCALES.get(scale)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vilaray.registry import Registry
 from vilaray.synth.chats import Chat, image_chat, text_chat
 from vilaray.synth.documents import make_document, similarity_matrix
 from vilaray.synth.facts import Fact, corpus_paragraph, fact_base, mc_item
@@ -73,16 +74,8 @@ class _Build:
 
 
 Product = Callable[[_Build], None]
-PRODUCTS: dict[str, Product] = {}
-PHOTO_PRODUCTS: dict[str, Product] = {}
-
-
-def product(name: str, registry: dict[str, Product] = PRODUCTS) -> Callable[[Product], Product]:
-    def register(fn: Product) -> Product:
-        registry[name] = fn
-        return fn
-
-    return register
+PRODUCTS: Registry[Product] = Registry("product")
+PHOTO_PRODUCTS: Registry[Product] = Registry("photo product")
 
 
 def _pair(b: _Build, stream: str, i: int, photo: bool = False) -> Pair:
@@ -94,7 +87,7 @@ def _pair(b: _Build, stream: str, i: int, photo: bool = False) -> Pair:
     return Pair(sample_id, f"https://shapes.invalid/{stream}/{sample_id}.png", text, image)
 
 
-@product("pairs")
+@PRODUCTS.register("pairs")
 def _pairs(b: _Build) -> None:
     pairs = [_pair(b, "pairs", i) for i in range(b.scale.pairs)]
     write_pairs_parquet(b.sink, "pairs", "pairs", pairs, b.scale.shards)
@@ -102,7 +95,7 @@ def _pairs(b: _Build) -> None:
     b.counts["pairs"] = b.counts["wds"] = len(pairs)
 
 
-@product("llava_pretrain")
+@PRODUCTS.register("llava_pretrain")
 def _llava_pretrain(b: _Build) -> None:
     pairs = [_pair(b, "llava_pretrain", i) for i in range(b.scale.llava_pretrain)]
     write_llava_pretrain(b.sink, "llava_pretrain", "llava_pretrain", pairs)
@@ -125,7 +118,7 @@ def _document(b: _Build, stream: str, i: int, photo: bool = False) -> RenderedDo
     )
 
 
-@product("obelics")
+@PRODUCTS.register("obelics")
 def _obelics(b: _Build) -> None:
     docs = [_document(b, "obelics", i) for i in range(b.scale.obelics_docs)]
     write_obelics(b.sink, "obelics", "obelics", docs, b.scale.shards, "obelics_paths", "obelics_paths")
@@ -133,7 +126,7 @@ def _obelics(b: _Build) -> None:
     b.counts["obelics_images"] = sum(len(d.images) for d in docs)
 
 
-@product("mmc4")
+@PRODUCTS.register("mmc4")
 def _mmc4(b: _Build) -> None:
     docs = [_document(b, "mmc4", i) for i in range(b.scale.mmc4_docs)]
     write_mmc4(b.sink, "mmc4", "mmc4", docs, b.scale.shards, "mmc4_b64", "mmc4_b64")
@@ -142,7 +135,7 @@ def _mmc4(b: _Build) -> None:
     b.counts["mmc4_b64"] = len(shard(docs, b.scale.shards)[0])
 
 
-@product("text")
+@PRODUCTS.register("text")
 def _text(b: _Build) -> None:
     texts = [(f"text-{i:07d}", corpus_paragraph(b.facts, b.rng("text", i))) for i in range(b.scale.text_docs)]
     write_text(b.sink, "text", "text", texts, b.scale.shards)
@@ -163,7 +156,7 @@ def _image_chat(b: _Build, stream: str, i: int, chat_id: str) -> ImageChat:
     return ImageChat(image_chat(chat_id, scene, rng), image, image_first=rng.random() < 0.9)
 
 
-@product("sft")
+@PRODUCTS.register("sft")
 def _sft(b: _Build) -> None:
     items = [_image_chat(b, "sft", i, f"{i:09d}") for i in range(b.scale.sft_image_chats)]
     items += [
@@ -176,14 +169,14 @@ def _sft(b: _Build) -> None:
     b.counts["sft_text_only"] = b.scale.sft_text_chats
 
 
-@product("sft_messages")
+@PRODUCTS.register("sft_messages")
 def _sft_messages(b: _Build) -> None:
     items = [_image_chat(b, "sft_messages", i, f"msg-{i:07d}") for i in range(b.scale.message_chats)]
     write_messages(b.sink, "sft_messages", "sft_messages", "messages", items, b.scale.shards)
     b.counts["sft_messages"] = len(items)
 
 
-@product("text_sft")
+@PRODUCTS.register("text_sft")
 def _text_sft(b: _Build) -> None:
     # The first len(facts) conversations open on each fact in turn, so every fact is asked at least once.
     items = [
@@ -234,7 +227,7 @@ def _eval_info(b: _Build) -> dict:
     return {"description": "vilaray shapes world", "version": str(VERSION), "seed": b.seed}
 
 
-@product("eval_vqa")
+@PRODUCTS.register("eval_vqa")
 def _eval_vqa(b: _Build) -> None:
     val = _vqa_items(b, "vqa_val", "eval", b.scale.vqa_eval_images, 1)
     support = _vqa_items(b, "vqa_train", "train", b.scale.vqa_support_images, SUPPORT_ID_BASE + 1)
@@ -245,7 +238,7 @@ def _eval_vqa(b: _Build) -> None:
     b.counts["eval_vqa_train_questions"] = sum(len(v.questions) for v in support)
 
 
-@product("eval_captions")
+@PRODUCTS.register("eval_captions")
 def _eval_captions(b: _Build) -> None:
     val = _caption_items(b, "captions_val", "eval", b.scale.caption_eval_images, 1)
     support = _caption_items(
@@ -256,7 +249,7 @@ def _eval_captions(b: _Build) -> None:
     b.counts["eval_captions_images"], b.counts["eval_captions_train_images"] = len(val), len(support)
 
 
-@product("eval_text_mc")
+@PRODUCTS.register("eval_text_mc")
 def _eval_text_mc(b: _Build) -> None:
     # test: every held-out phrasing of every fact; dev: a few train phrasings per subject, for k-shot prompts.
     test, dev = [], []
@@ -274,7 +267,7 @@ def _eval_text_mc(b: _Build) -> None:
     b.counts["eval_text_mc_test"], b.counts["eval_text_mc_dev"] = len(test), len(dev)
 
 
-@product("photo_pairs", PHOTO_PRODUCTS)
+@PHOTO_PRODUCTS.register("photo_pairs")
 def _photo_pairs(b: _Build) -> None:
     # Same stream as `pairs`: photo pair i shows pair i's scene with pair i's caption and id.
     pairs = [_pair(b, "pairs", i, photo=True) for i in range(b.scale.photo_pairs)]
@@ -282,7 +275,7 @@ def _photo_pairs(b: _Build) -> None:
     b.counts["photo_pairs"] = len(pairs)
 
 
-@product("photo_obelics", PHOTO_PRODUCTS)
+@PHOTO_PRODUCTS.register("photo_obelics")
 def _photo_obelics(b: _Build) -> None:
     docs = [_document(b, "obelics", i, photo=True) for i in range(b.scale.photo_docs)]
     write_obelics(b.sink, "photo_obelics", "photo/obelics", docs, b.scale.shards)
@@ -293,10 +286,10 @@ def _photo_obelics(b: _Build) -> None:
 def generate(root: Path, seed: int, scale: WorldScale, photo: bool) -> WorldManifest:
     """Write every product under `root` (which should be empty) and its manifest; assert split hygiene."""
     build = _Build(seed, scale, Sink(root), fact_base(seed, scale.facts))
-    for make in PRODUCTS.values():
+    for _, make in PRODUCTS.items():
         make(build)
     if photo:
-        for make in PHOTO_PRODUCTS.values():
+        for _, make in PHOTO_PRODUCTS.items():
             make(build)
     # Raised, not asserted: the check must survive `python -O`.
     if leaked := build.scene_hashes["train"] & build.scene_hashes["eval"]:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
+from vilaray.registry import Registry
 from vilaray.synth.scenes import Scene
 
 RGB = tuple[int, int, int]
@@ -35,15 +36,7 @@ CENTERS: dict[str, tuple[float, float]] = {
 RADIUS: dict[str, float] = {"small": 0.075, "large": 0.13}
 SCENE_KEY = "scene"  # PNG tEXt key / JPEG comment carrying the scene hash, so split leaks are checkable
 
-DRAWERS: dict[str, Drawer] = {}
-
-
-def drawer(kind: str) -> Callable[[Drawer], Drawer]:
-    def register(fn: Drawer) -> Drawer:
-        DRAWERS[kind] = fn
-        return fn
-
-    return register
+DRAWERS: Registry[Drawer] = Registry("shape drawer")
 
 
 def _regular(cx: float, cy: float, r: float, n: int, phase: float, inner: float | None = None) -> list:
@@ -56,23 +49,23 @@ def _regular(cx: float, cy: float, r: float, n: int, phase: float, inner: float 
     return points
 
 
-@drawer("circle")
+@DRAWERS.register("circle")
 def _circle(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, fill: RGB) -> None:
     draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
 
 
-@drawer("square")
+@DRAWERS.register("square")
 def _square(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, fill: RGB) -> None:
     half = r * 0.88  # similar area to the circle of the same size class
     draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=fill)
 
 
-@drawer("triangle")
+@DRAWERS.register("triangle")
 def _triangle(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, fill: RGB) -> None:
     draw.polygon(_regular(cx, cy + r * 0.15, r * 1.15, 3, -math.pi / 2), fill=fill)
 
 
-@drawer("star")
+@DRAWERS.register("star")
 def _star(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, fill: RGB) -> None:
     draw.polygon(_regular(cx, cy + r * 0.05, r * 1.15, 5, -math.pi / 2, inner=0.48), fill=fill)
 
@@ -88,7 +81,7 @@ def _draw_shapes(draw: ImageDraw.ImageDraw, scene: Scene, side: float, rng: rand
         cx = fx * side + rng.uniform(-wobble, wobble)
         cy = fy * side + rng.uniform(-wobble, wobble)
         r = RADIUS[shape.size] * side * rng.uniform(0.93, 1.07)
-        DRAWERS[shape.kind](draw, cx, cy, r, _jitter_color(PALETTE[shape.color], rng, 12))
+        DRAWERS.get(shape.kind)(draw, cx, cy, r, _jitter_color(PALETTE[shape.color], rng, 12))
 
 
 def render_icon(scene: Scene, size: int, rng: random.Random) -> bytes:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from vilaray.registry import Registry
 from vilaray.synth.manifest import MANIFEST, SCALES, VERSION, WorldManifest, WorldScale, resolve_scale
 from vilaray.synth.products import generate
 
@@ -131,16 +132,19 @@ def _texts_messages(path: Path) -> Iterator[str]:
 
 
 # Each training corpus once: wds repeats pairs, obelics_paths repeats obelics, mmc4_b64 repeats mmc4.
-TEXT_SOURCES: dict[str, Callable[[Path], Iterator[str]]] = {
-    "pairs": _texts_pairs,
-    "llava_pretrain": _texts_llava,
-    "obelics": _texts_obelics,
-    "mmc4": _texts_mmc4,
-    "text": _texts_text,
-    "sft": _texts_llava,
-    "sft_messages": _texts_messages,
-    "text_sft": _texts_messages,
-}
+TEXT_SOURCES: Registry[Callable[[Path], Iterator[str]]] = Registry(
+    "text source",
+    {
+        "pairs": _texts_pairs,
+        "llava_pretrain": _texts_llava,
+        "obelics": _texts_obelics,
+        "mmc4": _texts_mmc4,
+        "text": _texts_text,
+        "sft": _texts_llava,
+        "sft_messages": _texts_messages,
+        "text_sft": _texts_messages,
+    },
+)
 
 
 def world_texts(out_dir: str | Path = "artifacts/shapes") -> Iterator[str]:

@@ -10,6 +10,7 @@ import ray
 
 from vilaray.config import Recipe, RecipeError, StageConfig
 from vilaray.model.spec import ModelSpec
+from vilaray.registry import Registry
 from vilaray.train.faults import FaultPlan
 from vilaray.train.loop import train_locally, train_loop_per_worker
 from vilaray.train.progress import ProgressTail
@@ -103,8 +104,10 @@ def run_stage(
 
     if stage not in recipe.stages:
         raise RecipeError(f"stage {stage!r} not in recipe; stages are {list(recipe.stages)}")
-    if launcher not in LAUNCHERS:
-        raise RecipeError(f"launcher {launcher!r} unknown; choose from {sorted(LAUNCHERS)}")
+    try:
+        launch = LAUNCHERS.get(launcher)
+    except KeyError as e:
+        raise RecipeError(str(e)) from None
     recipe = absolute_recipe(recipe)
     cfg = recipe.stages[stage]
     spec = stage_model(recipe, stage, paths)
@@ -147,7 +150,7 @@ def run_stage(
         "evaluation": _eval_bundle(data_recipe, cfg, stage_dir),
     }
     with ProgressTail(stage_dir, stage, cfg.train.max_steps, cfg.train.log_every):
-        LAUNCHERS[launcher](loop_config, cfg.train, paths, stage, datasets)
+        launch(loop_config, cfg.train, paths, stage, datasets)
     if ledger is not None:
         ray.get(ledger.write_summary.remote())
     return paths.export_dir(stage)
@@ -185,7 +188,7 @@ def _launch_local(loop_config: dict, t: TrainConfig, paths: RunPaths, stage: str
     train_locally(loop_config, Path(paths.storage) / f"{paths.trainer_name(stage)}-local")
 
 
-LAUNCHERS = {"ray_train": _launch_ray_train, "local": _launch_local}
+LAUNCHERS = Registry("launcher", {"ray_train": _launch_ray_train, "local": _launch_local})
 
 
 def rows_needed(train: TrainConfig) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class WandbConfig(BaseModel):
@@ -22,7 +22,8 @@ class WandbConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    strategy: Literal["deepspeed"] = "deepspeed"
+    # A name in vilaray.train.strategy.STRATEGIES.
+    strategy: str = "deepspeed"
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -64,6 +65,15 @@ class TrainConfig(BaseModel):
     # Metrics also go to wandb when set (always to metrics.jsonl and TensorBoard).
     wandb: WandbConfig | None = None
     seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        # Imported here: the strategies need torch, which this schema (and recipe loading) does not.
+        from vilaray.train.strategy import STRATEGIES
+
+        STRATEGIES.get(value)  # raises naming the choices
+        return value
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:

@@ -9,19 +9,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vilaray.registry import Registry
 from vilaray.train.ds_config import compute_dtype, deepspeed_config
 from vilaray.train.schedule import warmup_cosine
 from vilaray.train.spec import TrainConfig
 
-STRATEGIES: dict[str, type[Strategy]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        STRATEGIES[name] = cls
-        return cls
-
-    return wrap
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 
 class Strategy:
@@ -82,7 +75,7 @@ class Strategy:
         return {n: (summed[2 * i], int(summed[2 * i + 1])) for i, n in enumerate(names)}
 
 
-@register("deepspeed")
+@STRATEGIES.register("deepspeed")
 class DeepSpeedStrategy(Strategy):
     """DeepSpeed ZeRO 0-3 with the client's AdamW (per-component param groups) and warmup+cosine schedule."""
 
@@ -172,4 +165,4 @@ def make_optimizer(cfg: TrainConfig, param_groups: list[dict], on_gpu: bool) -> 
 
 
 def make_strategy(cfg: TrainConfig, world_size: int, device: torch.device) -> Strategy:
-    return STRATEGIES[cfg.strategy](cfg, world_size, device)
+    return STRATEGIES.get(cfg.strategy)(cfg, world_size, device)

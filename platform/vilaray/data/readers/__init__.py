@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from vilaray.data.readers.base import Reader, Shard
+from vilaray.registry import Registry
 
-READERS: dict[str, Reader] = {}
+READERS: Registry[Reader] = Registry("format")
 
 
 def register(cls: type[Reader]) -> type[Reader]:
-    READERS[cls.format] = cls()
+    READERS.add(cls.format, cls())
     return cls
 
 
 def get_reader(fmt: str) -> Reader:
-    try:
-        return READERS[fmt]
-    except KeyError:
-        raise KeyError(f"unknown format {fmt!r}; expected one of {sorted(READERS)}") from None
+    return READERS.get(fmt)
 
 
 # Format modules register themselves on import.
