@@ -145,10 +145,9 @@ def run_variants(
     title: str, cfg: PackedRowsConfig, variants: list[Variant], check, labels_fn=None
 ) -> VariantsReport:
     """Every variant on the same rows, packed and not; `check(cfg, report)` gives the failed floors."""
-    if cfg.shape not in SHAPES:
-        raise ValueError(f"--shape: unknown shape {cfg.shape!r}; expected one of {sorted(SHAPES)}")
+    shape = SHAPES.get(cfg.shape)
     packing = [_choice("packing", p, {"on": True, "off": False}) for p in cfg.packing.split(",")]
-    work = Workload(SHAPES[cfg.shape](), variants[0].attn, cfg.rows, cfg.seq_len, cfg.steps, cfg.warmup,
+    work = Workload(shape(), variants[0].attn, cfg.rows, cfg.seq_len, cfg.steps, cfg.warmup,
                     world_doc_lengths(cfg.lengths_root, cfg.seed), H100_BF16_TFLOPS, cfg.seed)  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results, losses = [], {}
