@@ -42,7 +42,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> None
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="benchmark", required=True)
-    for _, bench in BENCHMARKS.items():
+    for bench in BENCHMARKS.values():
         bp = sub.add_parser(
             bench.name,
             help=bench.summary.splitlines()[0],

@@ -45,7 +45,7 @@ def test_decorator_returns_the_object_and_order_is_kept():
     assert reg.register("first")(C) is C
     assert f() == 1 and reg.get("second") is f
     assert list(reg) == ["second", "first"] and reg.names() == ["first", "second"]
-    assert reg.items() == [("second", f), ("first", C)]
+    assert reg.items() == [("second", f), ("first", C)] and reg.values() == [f, C]
     assert "first" in reg and "third" not in reg and len(reg) == 2
 
 

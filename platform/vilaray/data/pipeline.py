@@ -125,10 +125,10 @@ class SourceEncoder:
     """Read -> tokenize -> pack as one object, with bad records going to `client`: what the pipeline's
     actors run, and the driver-side pilot, validation set and benchmarks run the same way."""
 
-    def __init__(self, spec: PipelineSpec, client: LedgerClient, encoder: SampleEncoder | None = None):
+    def __init__(self, spec: PipelineSpec, client: LedgerClient):
         self.spec = spec
         self.client = client
-        self.encoder = encoder or spec.local_encoder()
+        self.encoder = spec.local_encoder()
 
     @classmethod
     def local(cls, spec: PipelineSpec) -> SourceEncoder:
@@ -219,12 +219,12 @@ def source_dataset(
     return ds.repartition(target_num_rows_per_block=data.block_rows)
 
 
-def pilot_efficiency(shards: list[Shard], spec: PipelineSpec, window: int, windows: int = 4) -> float:
+def pilot_efficiency(shards: list[Shard], spec: PipelineSpec, window: int, n_windows: int = 4) -> float:
     """Packing efficiency of a source measured on its first few windows, on the driver, with the same code."""
     if not spec.packing:
         return 1.0
     source = SourceEncoder.local(spec)
-    want = window * windows
+    want = window * n_windows
     samples = list(itertools.islice(source.samples(shards, split=False), want))
     # Small sources are repeated by epochs in the stream; repeat them here too so windows are full.
     if samples and len(samples) < want:
