@@ -90,12 +90,26 @@ def test_unknown_strategy_refused_at_recipe_load_naming_the_key():
     )
 
 
-def test_recipe_schema_imports_no_torch():
-    # The strategy check imports the strategies (torch) only when a recipe names one.
-    code = "import sys, vilaray.config; sys.exit('torch' in sys.modules)"
+@pytest.mark.parametrize("module", ["vilaray.config", "vilaray.model.geometry"])
+def test_recipe_schema_and_image_geometry_import_no_torch(module):
+    # The strategy check imports the strategies (torch) only when a recipe names one; the data side reads
+    # image token counts from the geometry table, not from the projectors' torch modules.
+    code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     subprocess.run(
         [sys.executable, "-c", code],
         check=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT / "platform")},
     )
+
+
+def test_every_projector_takes_its_token_count_from_the_geometry_table():
+    from vilaray.model.geometry import IMAGE_TOKENS, ImageGeometry
+    from vilaray.model.projectors import PROJECTORS
+
+    assert PROJECTORS.names() == IMAGE_TOKENS.names()
+    for name in PROJECTORS.names():
+        for grid in (7, 8, 27):
+            assert PROJECTORS.get(name).num_tokens(grid) == IMAGE_TOKENS.get(name)(grid)
+    assert ImageGeometry(224, 8, "downsample2x2").tokens_per_image == 14 * 14  # 28x28 grid merged 2x2
+    assert ImageGeometry(216, 8, "downsample2x2").tokens_per_image == 14 * 14  # 27x27 padded to 28x28

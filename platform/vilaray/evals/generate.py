@@ -23,6 +23,8 @@ class EvalModel:
     def __init__(self, model_dir: str | Path, device: str | None = None):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        import vilaray.model.hf  # noqa: F401  (a vilaray_vlm export loads through the Auto class)
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir)).to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(str(model_dir))

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vilaray.model.projectors import PROJECTORS
+from vilaray.registry import Registry
+
+# Image tokens per grid side, by projector. They live here, not on the torch modules, so the data side
+# (tokenizer actors, recipe checks) sizes image placeholders without importing the model code.
+# `model/projectors.py` takes each projector's count from this table and refuses a projector without one.
+IMAGE_TOKENS: Registry[Callable[[int], int]] = Registry(
+    "projector",
+    {
+        "linear": lambda grid: grid * grid,
+        "mlp2x_gelu": lambda grid: grid * grid,
+        # VILA's 2x2 token merge; odd grids are padded to even first (27x27 SigLIP -> 14x14 = 196).
+        "downsample2x2": lambda grid: math.ceil(grid / 2) ** 2,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -21,7 +36,7 @@ class ImageGeometry:
 
     @property
     def tokens_per_image(self) -> int:
-        return PROJECTORS.get(self.projector).num_tokens(self.grid)
+        return IMAGE_TOKENS.get(self.projector)(self.grid)
 
     @property
     def image_bytes(self) -> int:

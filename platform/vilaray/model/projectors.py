@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from vilaray.model.geometry import IMAGE_TOKENS
 from vilaray.registry import Registry
 
 PROJECTORS: Registry[type[Projector]] = Registry("projector")
 
 
 def register(name: str):
+    """Register a projector under `name`; its token count is `IMAGE_TOKENS[name]` (the data side's table)."""
+
     def wrap(cls: type[Projector]) -> type[Projector]:
         cls.name = name
+        cls.num_tokens = staticmethod(IMAGE_TOKENS.get(name))
         return PROJECTORS.add(name, cls)
 
     return wrap
@@ -27,9 +32,7 @@ class Projector(nn.Module):
     # Input width = the tower's hidden size x this (token-merging projectors concatenate patches).
     in_multiple: int = 1
 
-    @staticmethod
-    def num_tokens(grid: int) -> int:
-        return grid * grid
+    num_tokens: Callable[[int], int]
 
 
 @register("linear")
@@ -72,10 +75,6 @@ class Downsample2x2Projector(Projector):
         self.linear_1 = nn.Linear(4 * vision_dim, text_dim)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(text_dim, text_dim)
-
-    @staticmethod
-    def num_tokens(grid: int) -> int:
-        return math.ceil(grid / 2) ** 2
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         n, p, d = feats.shape
