@@ -148,6 +148,15 @@ def tiny_run_sets(world: Path, assets: Path, run_root: Path) -> list[str]:
     return sets
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now (servers in tests bind 127.0.0.1 only)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def as_flags(overrides: list[str]) -> list[str]:
     return [arg for s in overrides for arg in ("--set", s)]
 

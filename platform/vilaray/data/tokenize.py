@@ -68,7 +68,9 @@ def _render_document(sample: dict, eos: str) -> Rendered:
     return Rendered("".join(pieces), images, spans)
 
 
-def _template_messages(messages: list[dict]) -> tuple[list[dict], list[bytes]]:
+def template_messages(messages: list[dict]) -> tuple[list[dict], list[bytes]]:
+    """Canonical chat messages -> the chat template's messages (`{"type": "image"}` parts in place of the
+    bytes) and the image bytes in order: how training renders a conversation, and how Serve does."""
     out, images = [], []
     for m in messages:
         parts = []
@@ -85,7 +87,7 @@ def _template_messages(messages: list[dict]) -> tuple[list[dict], list[bytes]]:
 def _render_chat(sample: dict, render: Callable[..., str]) -> Rendered:
     """Chat samples: loss only on assistant turns, spans found by rendering growing prefixes of the
     conversation with the tokenizer's own chat template (never by hand-counted offsets)."""
-    messages, images = _template_messages(sample["messages"])
+    messages, images = template_messages(sample["messages"])
     if not any(m["role"] == "assistant" for m in messages):
         raise SampleError("no_loss_tokens", "chat without an assistant turn")
     full = render(messages, add_generation_prompt=False)
@@ -146,7 +148,7 @@ class SampleEncoder:
 
     def render_prompt(self, messages: list[dict]) -> tuple[str, list[bytes]]:
         """The chat template's text of a conversation left open for the assistant, and its images."""
-        template, images = _template_messages(messages)
+        template, images = template_messages(messages)
         return self._render_chat_template(template, add_generation_prompt=True), images
 
     def encode_prompt(self, messages: list[dict]) -> tuple[np.ndarray, list[bytes]]:

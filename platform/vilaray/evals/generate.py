@@ -1,8 +1,14 @@
-"""An exported model as the harness calls it: batched greedy generation and choice log-likelihoods."""
+"""An exported model loaded once: batched greedy generation and choice scoring for the eval harness, and
+streamed chat generation (sampling, seeds, stop ids from the export) for the Serve endpoint."""
 
 from __future__ import annotations
 
+import io
 import json
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,9 +37,13 @@ class EvalModel:
         self.tok = self.processor.tokenizer
         self.tok.padding_side = "left"  # every prompt ends where generation starts
         stops = {self.tok.eos_token_id, self.tok.convert_tokens_to_ids(END_OF_TURN)}
+        # The export's generation_config names its end-of-turn ids (a Llama-2 template ends turns otherwise).
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        stops |= set(eos if isinstance(eos, list) else [eos])
         self.stop_ids = sorted(
             i for i in stops if isinstance(i, int) and i >= 0 and i != self.tok.unk_token_id
         )
+        self.context_length = int(getattr(self.model.config.get_text_config(), "max_position_embeddings", 0))
 
     def _prompt_text(self, item: PromptItem) -> str:
         return self.processor.apply_chat_template(json.loads(item.messages), add_generation_prompt=True)
@@ -82,6 +92,47 @@ class EvalModel:
         keep[:, : n_prompt - 1] = 0  # score only the continuation's tokens
         return (logp * keep).sum(dim=1).tolist()
 
+    def chat_inputs(self, messages: list[dict], images: list[bytes]) -> dict:
+        """Template messages (`{"type": "image"}` parts) and their images' bytes -> model inputs for the reply,
+        rendered with the export's own chat template as training rendered them."""
+        from PIL import Image
+
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images] or None
+        inputs = self.processor(text=[text], images=pil, return_tensors="pt", add_special_tokens=False)
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def stream(self, inputs: dict, params: SamplingParams) -> Iterator[int]:
+        """Generated token ids one at a time (KV cache; greedy at temperature 0), the final stop id included.
+        `generate` runs in a thread and hands tokens over a queue; closing the iterator early lets the
+        thread finish its current step and stop."""
+        tokens: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        kwargs = params.generate_kwargs()
+
+        def work() -> None:
+            try:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                with torch.no_grad():
+                    self.model.generate(
+                        **inputs, **kwargs, streamer=_QueueStreamer(tokens, stop),
+                        eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id,
+                    )  # fmt: skip
+                tokens.put(None)
+            except BaseException as err:  # surfaced to the consumer, not lost in the thread
+                tokens.put(err)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            while (item := tokens.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
     def run(self, items: list[PromptItem]) -> list[dict]:
         """Predictions for a batch: generation for open-ended items, log-likelihoods for choice items."""
         out: dict[int, dict] = {}
@@ -98,3 +149,45 @@ class EvalModel:
                 lls = self.choice_logliks(it)
                 out[i] = {"prediction": it.choices[max(range(len(lls)), key=lls.__getitem__)], "logliks": lls}
         return [out[i] for i in range(len(items))]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature == 0:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+
+
+class _QueueStreamer:
+    """`generate`'s streamer: skips the prompt, queues each new token id; raising from `put` once the
+    consumer has gone is how generation stops early."""
+
+    def __init__(self, tokens: queue.Queue, stop: threading.Event):
+        self.tokens, self.stop, self.prompt_seen = tokens, stop, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        if self.stop.is_set():
+            raise GenerationCancelled()
+        for token in value.flatten().tolist():
+            self.tokens.put(int(token))
+
+    def end(self) -> None:
+        pass
+
+
+class GenerationCancelled(Exception):
+    """The consumer of a stream went away (a client disconnected)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from vilaray.data.readers import register
@@ -52,20 +53,28 @@ class MessagesJsonlReader(JsonLinesReader):
         return ("messages",)
 
     def to_sample(self, shard: Shard, record: Any, record_id: str) -> dict:
-        turns = [_turn(m, n) for n, m in enumerate(require(record, "messages", list))]
-        if not turns:
-            raise BadRecord("empty", "messages is empty")
-        refs = _listed_images(record.get("images"))
-        placeholders = sum(placeholder_count(v) for _, parts in turns for kind, v in parts if kind == "text")
-        if placeholders != len(refs):
-            raise BadRecord(
-                "image_count_mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholders, {len(refs)} images"
-            )
         root = image_root(shard)
-        pool = iter([resolve(ref, root) for ref in refs])
-        messages = [{"role": role, "content": _content(parts, pool, root)} for role, parts in turns]
-        require_text([p for m in messages for p in m["content"]], "conversation")
+        messages = parse_messages(record, lambda ref: resolve(ref, root))
         return make_sample(shard.source, record_id, "chat", messages=messages)
+
+
+def parse_messages(record: Any, to_image: Callable[[Any], bytes]) -> list[dict]:
+    """`{"messages": [...], "images"?: [...]}` -> canonical chat messages, image references turned into
+    bytes by `to_image`; raises BadRecord naming what is wrong. The training reader and the Serve endpoint
+    both parse with this, so a served conversation is the one training saw."""
+    turns = [_turn(m, n) for n, m in enumerate(require(record, "messages", list))]
+    if not turns:
+        raise BadRecord("empty", "messages is empty")
+    refs = _listed_images(record.get("images"))
+    placeholders = sum(placeholder_count(v) for _, parts in turns for kind, v in parts if kind == "text")
+    if placeholders != len(refs):
+        raise BadRecord(
+            "image_count_mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholders, {len(refs)} images"
+        )
+    pool = iter([to_image(ref) for ref in refs])
+    messages = [{"role": role, "content": _content(parts, pool, to_image)} for role, parts in turns]
+    require_text([p for m in messages for p in m["content"]], "conversation")
+    return messages
 
 
 def _turn(message: Any, n: int) -> tuple[str, list[tuple[str, Any]]]:
@@ -85,10 +94,10 @@ def _part(part: Any, n: int) -> tuple[str, Any]:
     return PARTS[kind](part)
 
 
-def _content(parts: list[tuple[str, Any]], pool, root: str) -> list[dict]:
+def _content(parts: list[tuple[str, Any]], pool, to_image: Callable[[Any], bytes]) -> list[dict]:
     out = []
     for kind, value in parts:
-        out += split_placeholders(value, pool) if kind == "text" else [image_part(resolve(value, root))]
+        out += split_placeholders(value, pool) if kind == "text" else [image_part(to_image(value))]
     return out
 
 

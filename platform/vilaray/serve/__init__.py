@@ -1,0 +1,1 @@
+"""Ray Serve: an OpenAI-compatible chat completions endpoint over a vilaray export."""

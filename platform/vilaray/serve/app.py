@@ -1,0 +1,210 @@
+"""The Serve application: OpenAI's chat completions routes (FastAPI ingress) on replicas holding the export."""
+
+# No `from __future__ import annotations` here: FastAPI reads the route methods' annotations as types.
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from vilaray.serve.config import ServeConfig
+from vilaray.serve.errors import APIError
+from vilaray.serve.protocol import ChatCompletionRequest
+
+app = FastAPI(title="vilaray", description="OpenAI-compatible chat completions over a vilaray export")
+
+
+@app.exception_handler(APIError)
+async def _api_error(_request: Request, err: APIError) -> JSONResponse:
+    return err.response()
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
+    """Pydantic's first complaint as a 400 naming the field (`messages.0.role`, an unknown `foo`)."""
+    first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "extra_forbidden":
+        message = f"unsupported field {param!r}"
+    elif first.get("type") == "json_invalid":
+        message, param = "request body is not valid JSON", None
+    else:
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    return APIError(400, message, param).response()
+
+
+@app.middleware("http")
+async def _body_cap(request: Request, call_next):
+    """Refuse an oversized body from its Content-Length before reading it. (Serve itself stamps every
+    response with an `x-request-id`, the caller's own when it sent one.)"""
+    cap = getattr(request.app.state, "max_body_bytes", None)
+    length = request.headers.get("content-length")
+    if cap is not None and length is not None and length.isdigit() and int(length) > cap:
+        return APIError(413, f"request body is {length} bytes, over max_body_bytes {cap}").response()
+    return await call_next(request)
+
+
+@serve.deployment
+@serve.ingress(app)
+class ChatServer:
+    """One replica: the export loaded once (the evals' model object), one generation at a time."""
+
+    def __init__(self, config: dict):
+        from vilaray.evals.generate import EvalModel
+
+        self.cfg = ServeConfig(**config)
+        self.model = EvalModel(self.cfg.model)
+        self.key = self.cfg.api_key()
+        self.lock = asyncio.Lock()
+        app.state.max_body_bytes = self.cfg.limits.max_body_bytes
+
+    def _authorize(self, request: Request) -> None:
+        if self.key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.key.encode()):
+            raise APIError(
+                401, "missing or wrong API key (Authorization: Bearer <key>)", code="invalid_api_key"
+            )
+
+    @app.get("/health")
+    def health(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    def models(self, request: Request) -> dict:
+        self._authorize(request)
+        card = {"id": self.cfg.served_name, "object": "model", "created": 0, "owned_by": "vilaray"}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+        from vilaray.evals.generate import SamplingParams
+
+        self._authorize(request)
+        inputs, cap = await self._inputs(body)
+        params = SamplingParams(cap, body.temperature, body.top_p, body.seed)
+        reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        events = self._generate(inputs, params, body.stops())
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            sse = self._sse(events, reply_id, created, include_usage)
+            return StreamingResponse(sse, media_type="text/event-stream")
+        text, finish, usage = "", None, None
+        async for kind, value in events:
+            if kind == "text":
+                text += value
+            elif kind == "finish":
+                finish, usage = value
+        return {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": self.cfg.served_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+        }
+
+    async def _inputs(self, body: ChatCompletionRequest) -> tuple[dict, int]:
+        """Checks that need no model first, then the prompt rendered as training rendered it."""
+        from vilaray.data.readers.messages import parse_messages
+        from vilaray.data.readers.records import BadRecord
+        from vilaray.data.tokenize import template_messages
+        from vilaray.serve.images import image_bytes
+
+        limits = self.cfg.limits
+        if body.model != self.cfg.served_name:
+            raise APIError(404, f"model {body.model!r} is not served here; /v1/models lists {self.cfg.served_name!r}",
+                           "model", "model_not_found")  # fmt: skip
+        cap = body.token_cap(min(limits.default_max_tokens, limits.max_tokens))
+        if cap > limits.max_tokens:
+            param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            raise APIError(400, f"{param} {cap} is over this server's limit {limits.max_tokens}", param)
+        raw = [m.model_dump(exclude_none=True) for m in body.messages]
+        n_images = sum(
+            1 for m in raw if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"
+        )
+        if n_images > limits.max_images:
+            raise APIError(400, f"{n_images} images, over max_images {limits.max_images}", "messages")
+        try:
+            canonical = parse_messages({"messages": raw}, lambda ref: image_bytes(ref, limits))
+        except BadRecord as err:
+            raise APIError(400, f"messages: {err}", "messages") from None
+        messages, images = template_messages(canonical)
+        inputs = await asyncio.to_thread(self.model.chat_inputs, messages, images)
+        prompt = int(inputs["input_ids"].shape[1])
+        if self.model.context_length and prompt + cap > self.model.context_length:
+            raise APIError(400, f"prompt of {prompt} tokens + max_tokens {cap} exceeds the model's context of "
+                           f"{self.model.context_length}", "messages", "context_length_exceeded")  # fmt: skip
+        return inputs, cap
+
+    async def _generate(self, inputs: dict, params, stops: list[str]) -> AsyncIterator[tuple[str, object]]:
+        """("text", delta) events, then ("finish", (finish_reason, usage))."""
+        from vilaray.serve.reply import ReplyText
+
+        reply = ReplyText(self.model.tok, self.model.stop_ids, stops)
+        prompt = int(inputs["input_ids"].shape[1])
+        async with self.lock:
+            tokens = self.model.stream(inputs, params)
+            try:
+                while reply.finish_reason is None:
+                    token = await asyncio.to_thread(next, tokens, None)
+                    delta = reply.close() if token is None else reply.add(token)
+                    if delta:
+                        yield "text", delta
+            finally:
+                tokens.close()
+        usage = {"prompt_tokens": prompt, "completion_tokens": reply.tokens,
+                 "total_tokens": prompt + reply.tokens}  # fmt: skip
+        yield "finish", (reply.finish_reason, usage)
+
+    async def _sse(self, events, reply_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:
+        def chunk(delta: dict, finish: str | None) -> str:
+            body = {"id": reply_id, "object": "chat.completion.chunk", "created": created,
+                    "model": self.cfg.served_name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+            return f"data: {json.dumps(body)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""}, None)
+        try:
+            async for kind, value in events:
+                if kind == "text":
+                    yield chunk({"content": value}, None)
+                else:
+                    finish, usage = value
+                    yield chunk({}, finish)
+                    if include_usage:
+                        body = {"id": reply_id, "object": "chat.completion.chunk", "created": created,
+                                "model": self.cfg.served_name, "choices": [], "usage": usage}  # fmt: skip
+                        yield f"data: {json.dumps(body)}\n\n"
+        except Exception as err:  # the status line is sent: an error now goes out as an SSE event
+            yield f"data: {json.dumps(APIError(500, f'generation failed: {err}').body())}\n\n"
+        yield "data: [DONE]\n\n"
+
+
+def build_app(config: dict) -> serve.Application:
+    """`serve run vilaray.serve.app:build_app model=...` and `serve/config.yaml` enter here."""
+    cfg = ServeConfig(**config)
+    scale = cfg.autoscaling
+    return ChatServer.options(
+        autoscaling_config=scale.model_dump(),
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        graceful_shutdown_timeout_s=cfg.drain_timeout_s,
+        ray_actor_options={"num_cpus": cfg.num_cpus},
+    ).bind(cfg.model_dump())

@@ -1,0 +1,323 @@
+"""Ray Serve's OpenAI-compatible endpoint on the session's SFT export, through the real `openai` client:
+replies, streaming, images, usage, stop and length, the harness's own reply, bad requests, the API key, and
+`jobs/serve.py` draining on SIGTERM."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import openai
+import pytest
+from conftest import ROOT, free_port
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+NAME = "tiny-sft"
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def png(color=(255, 0, 0), size=(64, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tiny_run, tmp_path_factory):
+    """Two apps on one Serve instance of the session's Ray: the SFT export open, and the same export behind
+    an API key read from a file."""
+    from ray import serve
+    from vilaray.serve.app import build_app
+
+    export = tiny_run.exports["sft"]
+    key_file = tmp_path_factory.mktemp("serve") / "key"
+    key_file.write_text("s3cret-key\n")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    common = {"model": str(export), "model_name": NAME, "num_cpus": 0.25, "limits": {"max_tokens": 48}}
+    serve.run(build_app(common), name="open", route_prefix="/")
+    serve.run(build_app({**common, "api_key_file": str(key_file)}), name="keyed", route_prefix="/keyed")
+    base = f"http://127.0.0.1:{port}"
+    yield base, export
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{served[0]}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def vqa(small_world_dir) -> list[tuple[bytes, str]]:
+    """(image bytes, question) pairs of the held-out VQA split."""
+    root = small_world_dir / "eval" / "vqa"
+    questions = json.loads((root / "questions.json").read_text())["questions"][:12]
+    images = {p.stem: p for p in (root / "images").iterdir()}
+    out = []
+    for q in questions:
+        path = next(
+            p
+            for stem, p in images.items()
+            if stem.endswith(f"{q['image_id']:012d}") or stem == str(q["image_id"])
+        )
+        out.append((path.read_bytes(), q["question"]))
+    return out
+
+
+def ask(image: bytes | None, text: str) -> list[dict]:
+    parts = [{"type": "image_url", "image_url": {"url": data_url(image)}}] if image else []
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+def test_models_health_and_request_ids(served, client):
+    assert [m.id for m in client.models.list().data] == [NAME]
+    r = httpx.get(f"{served[0]}/health", timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    r = httpx.post(f"{served[0]}/v1/chat/completions", json={"model": NAME, "messages": ask(None, "hi")},
+                   headers={"x-request-id": "mine-1"}, timeout=60)  # fmt: skip
+    assert r.status_code == 200 and r.headers["x-request-id"] == "mine-1"
+
+
+def test_stream_joins_to_the_reply_with_one_finish_reason_and_usage(client, vqa):
+    for image, question in vqa[:10]:
+        kw = {"model": NAME, "messages": ask(image, question), "temperature": 0, "max_tokens": 16}
+        whole = client.chat.completions.create(**kw)
+        chunks = list(
+            client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert text == whole.choices[0].message.content
+        assert finishes == [whole.choices[0].finish_reason] and finishes[0] in ("stop", "length")
+        usage = [c.usage for c in chunks if not c.choices]
+        assert len(usage) == 1 and usage[0].model_dump() == whole.usage.model_dump()
+
+
+def test_usage_counts_the_processors_tokens_with_two_images(served, client, vqa):
+    from vilaray.evals.generate import EvalModel
+
+    model = EvalModel(served[1])
+    (a, question), (b, _) = vqa[0], vqa[4]
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(a)}},
+                                             {"type": "image_url", "image_url": {"url": data_url(b)}},
+                                             {"type": "text", "text": question}]}]  # fmt: skip
+    reply = client.chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=4)
+    template = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": question}],
+        }
+    ]
+    inputs = model.chat_inputs(template, [a, b])
+    assert reply.usage.prompt_tokens == inputs["input_ids"].shape[1]
+    image_tokens = int((inputs["input_ids"] == model.model.config.image_token_id).sum())
+    assert image_tokens == 2 * model.model.config.image_seq_length
+    assert reply.usage.completion_tokens <= 4
+
+
+def test_max_tokens_and_stop_strings(client, vqa):
+    """On the first question whose reply runs a few tokens: a cap of 2 ends it with "length" after 2
+    tokens; a stop string from its middle ends it with "stop" just before that string."""
+    for image, question in vqa:
+        kw = {"model": NAME, "messages": ask(image, question), "temperature": 0}
+        full = client.chat.completions.create(**kw, max_tokens=24)
+        text = full.choices[0].message.content
+        if full.usage.completion_tokens > 3 and len(text.strip()) >= 6:
+            break
+    else:
+        pytest.fail("no reply of more than 3 tokens to cut")
+    cut = client.chat.completions.create(**kw, max_tokens=2)
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 2
+    assert text.startswith(cut.choices[0].message.content)
+    middle = len(text) // 2
+    stop = text[middle : middle + 2]
+    stopped = client.chat.completions.create(**kw, max_tokens=24, stop=[stop, "never-said"])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content == text[: text.index(stop)]
+
+
+def test_served_reply_is_the_eval_harness_reply(served, client, vqa, tmp_path):
+    from vilaray.evals.generate import EvalModel, first_reply
+    from vilaray.evals.prompts import PromptItem
+
+    model = EvalModel(served[1])
+    for k, (image, question) in enumerate(vqa[:4]):
+        path = tmp_path / f"q{k}.png"
+        path.write_bytes(image)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        item = PromptItem(f"q{k}", "vqa", 0, json.dumps(messages), [str(path)], [], 8)
+        harness = model.generate([item])[0]
+        served_text = (
+            client.chat.completions.create(
+                model=NAME, messages=ask(image, question), temperature=0, max_tokens=8
+            )
+            .choices[0]
+            .message.content
+        )
+        assert first_reply(served_text) == harness
+
+
+BAD = {
+    "unsupported field": ({"foo": 1}, 400, "foo"),
+    "n above 1": ({"n": 2}, 400, "n"),
+    "empty messages": ({"messages": []}, 400, "messages"),
+    "unknown role": ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
+    "content of a wrong type": ({"messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content"),
+    "unknown part type": (
+        {"messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]},
+        400,
+        "messages.0.content",
+    ),
+    "unknown model": ({"model": "gpt-9"}, 404, "model"),
+    "temperature out of range": ({"temperature": 7}, 400, "temperature"),
+    "max_tokens over the limit": ({"max_tokens": 10_000}, 400, "max_tokens"),
+    "http image url": (
+        {
+            "messages": ask(None, "x")[:0]
+            + [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}],
+                }
+            ]
+        },
+        400,
+        "image_url",
+    ),  # fmt: skip
+    "bad base64": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}}],
+                }
+            ]
+        },
+        400,
+        "image_url",
+    ),  # fmt: skip
+    "bytes that are not an image": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": data_url(b"hello, not a png")}}],
+                }
+            ]
+        },
+        400,
+        "image_url",
+    ),  # fmt: skip
+    "truncated image": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": data_url(png()[:60])}}],
+                }
+            ]
+        },
+        400,
+        "image_url",
+    ),  # fmt: skip
+    "decompression bomb": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_url(png(size=(5000, 5000)))}}
+                    ],
+                }
+            ]
+        },
+        400,
+        "image_url",
+    ),  # fmt: skip
+    "image placeholder smuggled in text": ({"messages": ask(None, "look: <image>")}, 400, "messages"),
+    "prompt past the model's context": ({"messages": ask(None, "red star " * 3000)}, 400, "messages"),
+    "a conversation with no text": ({"messages": [{"role": "user", "content": []}]}, 400, "messages"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_request_gets_a_4xx_envelope_and_the_server_goes_on(served, client, case):
+    patch, status, param = BAD[case]
+    body = {"model": NAME, "messages": ask(None, "hi"), "max_tokens": 2, **patch}
+    r = httpx.post(f"{served[0]}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["param"] == param or err["param"].startswith(f"{param}."), err
+    assert client.chat.completions.create(model=NAME, messages=ask(None, "hi"), max_tokens=2).choices
+
+
+def test_non_json_and_oversized_bodies(served):
+    url = f"{served[0]}/v1/chat/completions"
+    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(
+        url, content=b"x" * (9 * 1024 * 1024), headers={"content-type": "application/json"}, timeout=30
+    )
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"]
+
+
+def test_api_key_is_required_where_configured(served):
+    base = f"{served[0]}/keyed/v1"
+    anonymous = openai.OpenAI(base_url=base, api_key="wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError) as err:
+        anonymous.chat.completions.create(model=NAME, messages=ask(None, "hi"), max_tokens=2)
+    assert err.value.body["code"] == "invalid_api_key"
+    keyed = openai.OpenAI(base_url=base, api_key="s3cret-key", max_retries=0, timeout=60)
+    assert keyed.chat.completions.create(model=NAME, messages=ask(None, "hi"), max_tokens=2).choices
+    assert httpx.get(f"{served[0]}/keyed/health", timeout=10).status_code == 200  # health stays open
+
+
+def test_serve_command_answers_then_drains_on_sigterm(tiny_run, tmp_path):
+    """`python jobs/serve.py --model DIR --port P` as a user runs it: its own local Ray; SIGTERM ends it
+    with exit 0 after the in-flight request was answered."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    cmd = [sys.executable, "jobs/serve.py", "--model", str(tiny_run.exports["sft"]), "--port", str(port),
+           "--run-dir", str(tmp_path / "serve"), "--replica-cpus", "0.5"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("ready: "):
+                break
+        assert lines and lines[-1].strip() == f"ready: http://127.0.0.1:{port}/v1", "".join(lines)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        model = client.models.list().data[0].id
+        assert model == "sft"  # <run>/sft/export is served under its stage's name
+        assert client.chat.completions.create(
+            model=model, messages=ask(png(), "what color?"), max_tokens=4
+        ).choices
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, "".join(lines) + out
+        assert "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_refuses_a_public_address_without_an_api_key(tiny_run):
+    env = {k: v for k, v in os.environ.items() if k not in ("VILARAY_API_KEY",)}
+    r = subprocess.run([sys.executable, "jobs/serve.py", "--model", str(tiny_run.exports["sft"]), "--host", "0.0.0.0"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "without an API key" in r.stderr
