@@ -46,7 +46,9 @@ def served(ray_session, tiny_run, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = {"model": str(export), "model_name": NAME, "num_cpus": 0.25, "limits": {"max_tokens": 48}}
     serve.run(build_app(common), name="open", route_prefix="/")
-    serve.run(build_app({**common, "api_key_file": str(key_file)}), name="keyed", route_prefix="/keyed")
+    # The keyed app also has the smallest queue: the overload test fills it.
+    keyed = {**common, "api_key_file": str(key_file), "max_waiting": 1}
+    serve.run(build_app(keyed), name="keyed", route_prefix="/keyed")
     base = f"http://127.0.0.1:{port}"
     yield base, export
     serve.shutdown()
@@ -281,6 +283,34 @@ def test_api_key_is_required_where_configured(served):
     keyed = openai.OpenAI(base_url=base, api_key="s3cret-key", max_retries=0, timeout=60)
     assert keyed.chat.completions.create(model=NAME, messages=ask(None, "hi"), max_tokens=2).choices
     assert httpx.get(f"{served[0]}/keyed/health", timeout=10).status_code == 200  # health stays open
+
+
+def test_overload_is_answered_429_with_retry_after_and_nothing_else(served):
+    """8 requests at once on a replica with one place in its queue: every one is answered, within a bound,
+    as a reply or as OpenAI's rate-limit envelope with Retry-After; never Serve's plain-text 503."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"{served[0]}/keyed/v1/chat/completions"
+    body = {
+        "model": NAME,
+        "messages": ask(None, "Describe a red circle."),
+        "max_tokens": 48,
+        "temperature": 0,
+    }
+    headers = {"authorization": "Bearer s3cret-key"}
+
+    def call(_):
+        return httpx.post(url, json=body, headers=headers, timeout=120)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, range(8)))
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 2 and 429 in statuses, statuses
+    for r in answers:
+        if r.status_code == 429:
+            assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "rate_limit_error"
+            assert r.json()["error"]["code"] == "overloaded"
+    assert httpx.post(url, json=body, headers=headers, timeout=120).status_code == 200  # places freed
 
 
 def test_serve_command_answers_then_drains_on_sigterm(tiny_run, tmp_path):

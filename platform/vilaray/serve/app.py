@@ -23,7 +23,7 @@ app = FastAPI(title="vilaray", description="OpenAI-compatible chat completions o
 
 @app.exception_handler(APIError)
 async def _api_error(_request: Request, err: APIError) -> JSONResponse:
-    return err.response()
+    return err.response(err.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -55,7 +55,9 @@ async def _body_cap(request: Request, call_next):
 @serve.deployment
 @serve.ingress(app)
 class ChatServer:
-    """One replica: the export loaded once (the evals' model object), one generation at a time."""
+    """One replica: the export loaded once (the evals' model object), one generation at a time, up to
+    `max_waiting` requests queued behind it; one more is answered 429 with Retry-After at once (Serve's own
+    queue would answer 503 in plain text, which clients cannot read as an OpenAI error)."""
 
     def __init__(self, config: dict):
         from vilaray.evals.generate import EvalModel
@@ -64,6 +66,7 @@ class ChatServer:
         self.model = EvalModel(self.cfg.model)
         self.key = self.cfg.api_key()
         self.lock = asyncio.Lock()
+        self.admitted = 0  # chat requests between admission and their reply's end
         app.state.max_body_bytes = self.cfg.limits.max_body_bytes
 
     def _authorize(self, request: Request) -> None:
@@ -91,10 +94,15 @@ class ChatServer:
         from vilaray.evals.generate import SamplingParams
 
         self._authorize(request)
-        inputs, cap = await self._inputs(body)
+        release = self._admit()
+        try:
+            inputs, cap = await self._inputs(body)
+        except BaseException:
+            release()
+            raise
         params = SamplingParams(cap, body.temperature, body.top_p, body.seed)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        events = self._generate(inputs, params, body.stops())
+        events = self._generate(inputs, params, body.stops(), release)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             sse = self._sse(events, reply_id, created, include_usage)
@@ -120,6 +128,23 @@ class ChatServer:
             ],
             "usage": usage,
         }
+
+    def _admit(self):
+        """Count the request in, or refuse it with 429 when the generation and its queue are full; returns
+        the release to call once when the request ends (however it ends)."""
+        limit = 1 + self.cfg.max_waiting
+        if self.admitted >= limit:
+            raise APIError(429, f"this replica is busy ({self.admitted} requests for {limit} places); retry shortly",
+                           code="overloaded", headers={"Retry-After": "1"})  # fmt: skip
+        self.admitted += 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done, self.admitted = True, self.admitted - 1
+
+        return release
 
     async def _inputs(self, body: ChatCompletionRequest) -> tuple[dict, int]:
         """Checks that need no model first, then the prompt rendered as training rendered it."""
@@ -154,22 +179,27 @@ class ChatServer:
                            f"{self.model.context_length}", "messages", "context_length_exceeded")  # fmt: skip
         return inputs, cap
 
-    async def _generate(self, inputs: dict, params, stops: list[str]) -> AsyncIterator[tuple[str, object]]:
-        """("text", delta) events, then ("finish", (finish_reason, usage))."""
+    async def _generate(
+        self, inputs: dict, params, stops: list[str], release
+    ) -> AsyncIterator[tuple[str, object]]:
+        """("text", delta) events, then ("finish", (finish_reason, usage)); `release` when it ends."""
         from vilaray.serve.reply import ReplyText
 
         reply = ReplyText(self.model.tok, self.model.stop_ids, stops)
         prompt = int(inputs["input_ids"].shape[1])
-        async with self.lock:
-            tokens = self.model.stream(inputs, params)
-            try:
-                while reply.finish_reason is None:
-                    token = await asyncio.to_thread(next, tokens, None)
-                    delta = reply.close() if token is None else reply.add(token)
-                    if delta:
-                        yield "text", delta
-            finally:
-                tokens.close()
+        try:
+            async with self.lock:
+                tokens = self.model.stream(inputs, params)
+                try:
+                    while reply.finish_reason is None:
+                        token = await asyncio.to_thread(next, tokens, None)
+                        delta = reply.close() if token is None else reply.add(token)
+                        if delta:
+                            yield "text", delta
+                finally:
+                    tokens.close()
+        finally:
+            release()
         usage = {"prompt_tokens": prompt, "completion_tokens": reply.tokens,
                  "total_tokens": prompt + reply.tokens}  # fmt: skip
         yield "finish", (reply.finish_reason, usage)
@@ -203,7 +233,9 @@ def build_app(config: dict) -> serve.Application:
     scale = cfg.autoscaling
     return ChatServer.options(
         autoscaling_config=scale.model_dump(),
-        max_ongoing_requests=cfg.max_ongoing_requests,
+        # Past the replica's own queue Serve would answer 503 in plain text: let every request reach a
+        # replica (the generation, its queue, and room for /health and /v1/models) so the replica answers.
+        max_ongoing_requests=cfg.max_waiting + 4,
         max_queued_requests=cfg.max_queued_requests,
         graceful_shutdown_timeout_s=cfg.drain_timeout_s,
         ray_actor_options={"num_cpus": cfg.num_cpus},

@@ -43,7 +43,9 @@ class ServeConfig(_Strict):
     limits: Limits = Limits()
     autoscaling: Autoscaling = Autoscaling()
     num_cpus: float = Field(1.0, gt=0)  # per model replica
-    max_ongoing_requests: int = Field(4, ge=1)
+    # Requests a replica holds behind the one it generates for; the next one gets 429 with Retry-After.
+    max_waiting: int = Field(8, ge=0)
+    # Requests Serve's router holds while every replica is at max_waiting + 4 (then a plain-text 503).
     max_queued_requests: int = Field(16, ge=-1)
     # On shutdown or a redeploy, a replica stops taking requests and lets in-flight ones finish this long.
     drain_timeout_s: float = Field(20.0, ge=0)
