@@ -64,21 +64,18 @@ def vqa(small_world_dir) -> list[tuple[bytes, str]]:
     """(image bytes, question) pairs of the held-out VQA split."""
     root = small_world_dir / "eval" / "vqa"
     questions = json.loads((root / "questions.json").read_text())["questions"][:12]
-    images = {p.stem: p for p in (root / "images").iterdir()}
-    out = []
-    for q in questions:
-        path = next(
-            p
-            for stem, p in images.items()
-            if stem.endswith(f"{q['image_id']:012d}") or stem == str(q["image_id"])
-        )
-        out.append((path.read_bytes(), q["question"]))
-    return out
+    # shapes_val_000000000001.png -> image id 1
+    images = {int(p.stem.rsplit("_", 1)[1]): p for p in (root / "images").iterdir()}
+    return [(images[q["image_id"]].read_bytes(), q["question"]) for q in questions]
 
 
 def ask(image: bytes | None, text: str) -> list[dict]:
     parts = [{"type": "image_url", "image_url": {"url": data_url(image)}}] if image else []
     return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+def image_only(url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
 
 
 def test_models_health_and_request_ids(served, client):
@@ -183,69 +180,15 @@ BAD = {
     "unknown model": ({"model": "gpt-9"}, 404, "model"),
     "temperature out of range": ({"temperature": 7}, 400, "temperature"),
     "max_tokens over the limit": ({"max_tokens": 10_000}, 400, "max_tokens"),
-    "http image url": (
-        {
-            "messages": ask(None, "x")[:0]
-            + [
-                {
-                    "role": "user",
-                    "content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}],
-                }
-            ]
-        },
-        400,
-        "image_url",
-    ),  # fmt: skip
-    "bad base64": (
-        {
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}}],
-                }
-            ]
-        },
-        400,
-        "image_url",
-    ),  # fmt: skip
+    "http image url": ({"messages": image_only("http://127.0.0.1:9/cat.png")}, 400, "image_url"),
+    "bad base64": ({"messages": image_only("data:image/png;base64,@@@@")}, 400, "image_url"),
     "bytes that are not an image": (
-        {
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [{"type": "image_url", "image_url": {"url": data_url(b"hello, not a png")}}],
-                }
-            ]
-        },
+        {"messages": image_only(data_url(b"hello, not a png"))},
         400,
         "image_url",
-    ),  # fmt: skip
-    "truncated image": (
-        {
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [{"type": "image_url", "image_url": {"url": data_url(png()[:60])}}],
-                }
-            ]
-        },
-        400,
-        "image_url",
-    ),  # fmt: skip
-    "decompression bomb": (
-        {
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image_url", "image_url": {"url": data_url(png(size=(5000, 5000)))}}
-                    ],
-                }
-            ]
-        },
-        400,
-        "image_url",
-    ),  # fmt: skip
+    ),
+    "truncated image": ({"messages": image_only(data_url(png()[:60]))}, 400, "image_url"),
+    "decompression bomb": ({"messages": image_only(data_url(png(size=(5000, 5000))))}, 400, "image_url"),
     "image placeholder smuggled in text": ({"messages": ask(None, "look: <image>")}, 400, "messages"),
     "prompt past the model's context": ({"messages": ask(None, "red star " * 3000)}, 400, "messages"),
     "a conversation with no text": ({"messages": [{"role": "user", "content": []}]}, 400, "messages"),

@@ -23,7 +23,7 @@ app = FastAPI(title="vilaray", description="OpenAI-compatible chat completions o
 
 @app.exception_handler(APIError)
 async def _api_error(_request: Request, err: APIError) -> JSONResponse:
-    return err.response(err.headers)
+    return err.response()
 
 
 @app.exception_handler(RequestValidationError)
