@@ -11,6 +11,7 @@ from vilaray.data.pack import PackConfig, build_row, pack_samples, single_rows
 from vilaray.data.pipeline import encode_rows, iter_shard_samples
 from vilaray.data.quarantine import LedgerClient, Quarantine
 from vilaray.data.readers import get_reader
+from vilaray.data.text_tokenizer import TextTokenizer
 from vilaray.data.tokenize import EncodeConfig, SampleEncoder
 from vilaray.model.geometry import read_geometry
 from vilaray.model.inputs import per_sample_losses, pixels_to_model
@@ -31,7 +32,7 @@ def world_samples(world_dir, fmt: str, path: str, n: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tokenized(world_dir, tokenizer, assets_dir):
-    enc = SampleEncoder(tokenizer, read_geometry(assets_dir), EncodeConfig(384, 2, 10**8))
+    enc = SampleEncoder(TextTokenizer(assets_dir), read_geometry(assets_dir), EncodeConfig(384, 2, 10**8))
     samples = (
         world_samples(world_dir, "pairs_parquet", "pairs", 4)
         + world_samples(world_dir, "obelics_parquet", "obelics", 2)

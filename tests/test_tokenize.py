@@ -4,13 +4,21 @@ truncation drops images together with their tokens, bad images are refused."""
 from __future__ import annotations
 
 import io
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from vilaray.data.sample import Reject, image_part, make_sample, text_part
-from vilaray.data.tokenize import IGNORE, EncodeConfig, SampleEncoder
+from vilaray.data.text_tokenizer import TextTokenizer
+from vilaray.data.tokenize import IGNORE, EncodeConfig, SampleEncoder, template_messages
 from vilaray.model.geometry import read_geometry
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def png(color=(255, 0, 0), size=(80, 60)) -> bytes:
@@ -21,7 +29,9 @@ def png(color=(255, 0, 0), size=(80, 60)) -> bytes:
 
 @pytest.fixture(scope="module")
 def encoder(tokenizer, assets_dir):
-    return SampleEncoder(tokenizer, read_geometry(assets_dir), EncodeConfig(512, 3, 4096 * 4096))
+    return SampleEncoder(
+        TextTokenizer(assets_dir), read_geometry(assets_dir), EncodeConfig(512, 3, 4096 * 4096)
+    )
 
 
 def loss_text(tokenizer, row) -> str:
@@ -58,7 +68,9 @@ def test_interleaved_keeps_order_and_caps_images(encoder, tokenizer):
 
 def test_truncation_never_splits_an_image(tokenizer, assets_dir):
     geometry = read_geometry(assets_dir)
-    enc = SampleEncoder(tokenizer, geometry, EncodeConfig(geometry.tokens_per_image + 40, 4, 10**8))
+    enc = SampleEncoder(
+        TextTokenizer(assets_dir), geometry, EncodeConfig(geometry.tokens_per_image + 40, 4, 10**8)
+    )
     segs = [text_part("intro words " * 3), image_part(png()), text_part("middle " * 5), image_part(png())]
     segs.append(text_part("tail " * 50))
     row = enc(make_sample("s", "3", "interleaved", segs))
@@ -103,7 +115,7 @@ def test_bad_images_rejected(encoder, image, reason):
 
 def test_decompression_bomb_refused_without_decoding(tokenizer, assets_dir):
     enc = SampleEncoder(
-        tokenizer, read_geometry(assets_dir), EncodeConfig(512, 3, max_image_pixels=100 * 100)
+        TextTokenizer(assets_dir), read_geometry(assets_dir), EncodeConfig(512, 3, max_image_pixels=100 * 100)
     )
     out = enc(make_sample("s", "6", "pair", [image_part(png(size=(4000, 4000))), text_part("big")]))
     assert isinstance(out, Reject) and out.reason == "image_too_large"
@@ -115,3 +127,57 @@ def test_placeholder_mismatch_and_empty(encoder):
     assert encoder(make_sample("s", "8", "interleaved", [image_part(png())])).reason == "empty"
     no_answer = make_sample("s", "9", "chat", messages=[{"role": "user", "content": [text_part("hi")]}])
     assert encoder(no_answer).reason == "no_loss_tokens"
+
+
+def shipped_recipe_samples(world_dir, per_source: int) -> list[dict]:
+    """The first samples of every source the shipped tiny recipe reads, through the pipeline's readers."""
+    from vilaray.config import load_recipe
+    from vilaray.data.pipeline import iter_shard_samples, plan_source
+    from vilaray.data.quarantine import LedgerClient, Quarantine
+
+    recipe = load_recipe(ROOT / "jobs" / "recipes" / "tiny.yaml", [f"defaults.data.root={world_dir}"])
+    out = []
+    for stage in recipe.stages:
+        data = recipe.data_for(stage)
+        for name, src in data.sources.items():
+            shards = plan_source(name, src, data)
+            samples = (
+                x for shard in shards for x in iter_shard_samples(shard, LedgerClient(Quarantine(None)))
+            )
+            out += list(itertools.islice(samples, per_source))
+    return out
+
+
+def test_text_tokenizer_matches_transformers_on_every_shipped_source(encoder, tokenizer, world_dir):
+    """The actors' torch-free tokenizer gives AutoTokenizer's ids, offsets and chat renderings: training rows
+    are cut from the text the export's processor renders when evaluating and serving."""
+    text_tok = encoder.tok
+    samples = shipped_recipe_samples(world_dir, per_source=6)
+    assert {s["kind"] for s in samples} == {"pair", "interleaved", "text", "chat"}
+    for sample in samples:
+        text = encoder.render(sample).text
+        ids, starts = text_tok.encode(text)
+        ref = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert ids.tolist() == ref["input_ids"]
+        assert starts.tolist() == [s for s, _ in ref["offset_mapping"]]
+        if sample["kind"] == "chat":
+            messages, _ = template_messages(sample["messages"])
+            for prompt in (False, True):
+                ours = text_tok.render_chat(messages, add_generation_prompt=prompt)
+                assert ours == tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=prompt
+                )
+    assert text_tok.pad_token_id == tokenizer.pad_token_id and text_tok.eos_token == tokenizer.eos_token
+
+
+def test_encoding_a_chat_imports_no_torch(assets_dir):
+    # A tokenizer actor never touches a tensor; importing torch would cost it ~5 CPU-seconds at start.
+    code = (
+        "import sys; from vilaray.data.pipeline import PipelineSpec; from vilaray.data.text_tokenizer import "
+        "TextTokenizer; from vilaray.data.tokenize import template_messages; "
+        f"t = TextTokenizer({str(assets_dir)!r}); "
+        "m, _ = template_messages([{'role': 'user', 'content': [{'text': 'hi', 'image': None}]}]); "
+        "t.encode(t.render_chat(m, True)); sys.exit('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform")}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)

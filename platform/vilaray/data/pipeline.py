@@ -29,6 +29,7 @@ from vilaray.data.pack import PackConfig, pack_samples, packing_efficiency, sing
 from vilaray.data.quarantine import LedgerClient
 from vilaray.data.readers import Shard, get_reader
 from vilaray.data.sample import Reject
+from vilaray.data.text_tokenizer import TextTokenizer
 from vilaray.data.tokenize import EncodeConfig, SampleEncoder
 from vilaray.model.geometry import ImageGeometry
 from vilaray.registry import Registry
@@ -60,21 +61,17 @@ class PipelineSpec:
         return held_out(sample["id"], self.holdout) == (self.split == "validation")
 
     def local_encoder(self) -> SampleEncoder:
-        """The tokenizer + encoder in this process (driver-side pilots and validation sets)."""
-        from transformers import AutoTokenizer
-
-        return SampleEncoder(AutoTokenizer.from_pretrained(self.tokenizer_dir), self.geometry, self.encode)
+        """The tokenizer + encoder in this process (actors, driver-side pilots and validation sets)."""
+        return SampleEncoder(TextTokenizer(self.tokenizer_dir), self.geometry, self.encode)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, data: DataConfig | None = None) -> PipelineSpec:
-        from transformers import AutoTokenizer
-
         from vilaray.model.build import spec_geometry
 
         data = data or recipe.data_for(None)
         tok_dir = recipe.model.tokenizer or recipe.model.path or recipe.model.llm.path
         geometry = spec_geometry(recipe.model)
-        tok = AutoTokenizer.from_pretrained(tok_dir)
+        tok = TextTokenizer(tok_dir)
         if tok.pad_token_id is None:
             raise ValueError(f"tokenizer {tok_dir} has no pad token")
         return cls(

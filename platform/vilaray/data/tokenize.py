@@ -9,6 +9,7 @@ import numpy as np
 
 from vilaray.data.images import ImageRejected, decode_image
 from vilaray.data.sample import Reject
+from vilaray.data.text_tokenizer import TextTokenizer
 from vilaray.model.geometry import ImageGeometry
 
 IGNORE = -100
@@ -106,11 +107,11 @@ def _render_chat(sample: dict, render: Callable[..., str]) -> Rendered:
 class SampleEncoder:
     """Turns canonical samples into token rows; built once per actor (tokenizer loaded once)."""
 
-    def __init__(self, tokenizer, geometry: ImageGeometry, config: EncodeConfig):
+    def __init__(self, tokenizer: TextTokenizer, geometry: ImageGeometry, config: EncodeConfig):
         self.tok = tokenizer
         self.geometry = geometry
         self.config = config
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_MARKER)
+        self.image_token_id = tokenizer.token_id(IMAGE_MARKER)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {IMAGE_MARKER} token")
         self.eos = tokenizer.eos_token
@@ -118,9 +119,7 @@ class SampleEncoder:
     def _render_chat_template(self, messages: list[dict], add_generation_prompt: bool) -> str:
         if not messages:
             return ""
-        return self.tok.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return self.tok.render_chat(messages, add_generation_prompt)
 
     def render(self, sample: dict) -> Rendered:
         if sample["kind"] == "chat":
@@ -131,9 +130,7 @@ class SampleEncoder:
         rendered = self.render(sample)
         if len(rendered.text) > self.config.max_doc_chars:
             raise SampleError("oversized", f"{len(rendered.text)} chars > {self.config.max_doc_chars}")
-        enc = self.tok(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = np.asarray(enc["input_ids"], dtype=np.int32)
-        starts = np.asarray([s for s, _ in enc["offset_mapping"]], dtype=np.int64)
+        ids, starts = self.tok.encode(rendered.text)
         is_image = ids == self.image_token_id
         if int(is_image.sum()) != len(rendered.images):
             raise SampleError(
@@ -155,7 +152,7 @@ class SampleEncoder:
         """A chat left open for the assistant's reply (generation prompt), tokenized and with its images
         expanded exactly as training rows are; refused when it does not fit in `seq_len` whole."""
         text, images = self.render_prompt(messages)
-        ids = np.asarray(self.tok(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+        ids, _ = self.tok.encode(text)
         # A k-shot prompt is not a training document: the per-document image cap does not apply.
         labels = np.full(len(ids), IGNORE, dtype=np.int32)
         enc = self._fit(ids, labels, images, need_loss=False, cap=len(images))

@@ -92,11 +92,8 @@ def _choice_ids(encoder, messages: list[dict], choices: list[str]) -> list[np.nd
     if not choices:
         return []
     text, _ = encoder.render_prompt(messages)
-    n_text = len(encoder.tok(text, add_special_tokens=False)["input_ids"])
-    return [
-        np.asarray(encoder.tok(text + c, add_special_tokens=False)["input_ids"][n_text:], dtype=np.int64)
-        for c in choices
-    ]
+    n_text = len(encoder.tok.encode(text)[0])
+    return [encoder.tok.encode(text + c)[0][n_text:].astype(np.int64) for c in choices]
 
 
 def _collate(seqs: list[list[int]], images: list[list[bytes]], pad_id: int, image_size: int, device) -> dict:
