@@ -1,25 +1,31 @@
 """Ray Serve's OpenAI-compatible endpoint on the session's SFT export, through the real `openai` client:
 replies, streaming, images, usage, stop and length, the harness's own reply, bad requests, the API key, and
-`jobs/serve.py` draining on SIGTERM."""
+`jobs/serve.py` draining on SIGTERM, and `serve run serve/config.yaml` from a clone."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import openai
 import pytest
+import yaml
 from conftest import ROOT, free_port
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 NAME = "tiny-sft"
+# As README.md shows it: the config file cannot name a local code path, so the command line ships vilaray.
+SERVE_RUN = """serve run --runtime-env-json '{"py_modules": ["platform/vilaray"]}' serve/config.yaml"""
 
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
@@ -46,8 +52,9 @@ def served(ray_session, tiny_run, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = {"model": str(export), "model_name": NAME, "num_cpus": 0.25, "limits": {"max_tokens": 48}}
     serve.run(build_app(common), name="open", route_prefix="/")
-    # The keyed app also has the smallest queue: the overload test fills it.
-    keyed = {**common, "api_key_file": str(key_file), "max_waiting": 1}
+    # The keyed app also has the smallest capacity (one request generating, one waiting): the overload test
+    # fills it.
+    keyed = {**common, "api_key_file": str(key_file), "max_batch_size": 1, "max_waiting": 1}
     serve.run(build_app(keyed), name="keyed", route_prefix="/keyed")
     base = f"http://127.0.0.1:{port}"
     yield base, export
@@ -102,22 +109,78 @@ def test_stream_joins_to_the_reply_with_one_finish_reason_and_usage(client, vqa)
         assert len(usage) == 1 and usage[0].model_dump() == whole.usage.model_dump()
 
 
-def test_usage_counts_the_processors_tokens_with_two_images(served, client, vqa):
+@pytest.fixture(scope="module")
+def local_model(tiny_run):
+    """The served export as the replicas load it, in this process."""
     from vilaray.evals.generate import EvalModel
 
-    model = EvalModel(served[1])
+    return EvalModel(tiny_run.exports["sft"])
+
+
+def template(question: str, images: int = 1) -> list[dict]:
+    return [{"role": "user", "content": [*[{"type": "image"}] * images, {"type": "text", "text": question}]}]
+
+
+def test_batcher_gives_each_row_its_own_reply_in_one_generate(local_model, vqa):
+    """Dynamic batching, in one process: six requests that arrive together share one `generate` call, and
+    each gets the token ids it gets alone at temperature 0 (its stop id included), cut at its own cap; one
+    that leaves after its first token does not disturb the others; a text-only request joins image ones."""
+    from vilaray.evals.generate import SamplingParams
+    from vilaray.serve.batching import Batcher
+
+    prompts = [local_model.chat_inputs(template(q), [image]) for image, q in vqa[:5]]
+    prompts.append(local_model.chat_inputs(template("what is two plus three?", images=0), []))
+    caps = [16, 16, 3, 16, 16, 16]
+
+    async def collect(batcher, inputs, cap, leave_after=None) -> list[int]:
+        out = []
+        async for token in batcher.stream(inputs, SamplingParams(cap)):
+            out.append(token)
+            if len(out) == leave_after:
+                break
+        return out
+
+    async def scenario():
+        alone = Batcher(local_model, max_batch_size=1)
+        solo = [await collect(alone, x, 16) for x in prompts]
+        together = Batcher(local_model, max_batch_size=8, wait_s=0.05)
+        rows = [
+            collect(together, x, cap, 1 if i == 4 else None) for i, (x, cap) in enumerate(zip(prompts, caps))
+        ]
+        return solo, await asyncio.gather(*rows), alone.batch_sizes, together.batch_sizes
+
+    solo, batched, sizes_alone, sizes_together = asyncio.run(scenario())
+    assert sizes_alone == [1] * 6 and sizes_together == [6]
+    assert all(s[-1] in local_model.stop_ids or len(s) == 16 for s in solo)
+    expected = [s[:cap] for s, cap in zip(solo, caps)]
+    expected[4] = solo[4][:1]
+    assert batched == expected
+
+
+def test_concurrent_requests_get_their_sequential_replies(client, vqa):
+    """Six requests at once share a replica's batches; each reply is what it gets alone (temperature 0)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kws = [
+        {"model": NAME, "messages": ask(image, q), "temperature": 0, "max_tokens": 12} for image, q in vqa[:6]
+    ]
+
+    def reply(kw: dict) -> str:
+        return client.chat.completions.create(**kw).choices[0].message.content
+
+    sequential = [reply(kw) for kw in kws]
+    with ThreadPoolExecutor(len(kws)) as pool:
+        assert list(pool.map(reply, kws)) == sequential
+
+
+def test_usage_counts_the_processors_tokens_with_two_images(client, vqa, local_model):
+    model = local_model
     (a, question), (b, _) = vqa[0], vqa[4]
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(a)}},
                                              {"type": "image_url", "image_url": {"url": data_url(b)}},
                                              {"type": "text", "text": question}]}]  # fmt: skip
     reply = client.chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=4)
-    template = [
-        {
-            "role": "user",
-            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": question}],
-        }
-    ]
-    inputs = model.chat_inputs(template, [a, b])
+    inputs = model.chat_inputs(template(question, images=2), [a, b])
     assert reply.usage.prompt_tokens == inputs["input_ids"].shape[1]
     image_tokens = int((inputs["input_ids"] == model.model.config.image_token_id).sum())
     assert image_tokens == 2 * model.model.config.image_seq_length
@@ -145,11 +208,11 @@ def test_max_tokens_and_stop_strings(client, vqa):
     assert stopped.choices[0].message.content == text[: text.index(stop)]
 
 
-def test_served_reply_is_the_eval_harness_reply(served, client, vqa, tmp_path):
-    from vilaray.evals.generate import EvalModel, first_reply
+def test_served_reply_is_the_eval_harness_reply(client, vqa, tmp_path, local_model):
+    from vilaray.evals.generate import first_reply
     from vilaray.evals.prompts import PromptItem
 
-    model = EvalModel(served[1])
+    model = local_model
     for k, (image, question) in enumerate(vqa[:4]):
         path = tmp_path / f"q{k}.png"
         path.write_bytes(image)
@@ -294,3 +357,45 @@ def test_refuses_a_public_address_without_an_api_key(tiny_run):
     r = subprocess.run([sys.executable, "jobs/serve.py", "--model", str(tiny_run.exports["sft"]), "--host", "0.0.0.0"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "without an API key" in r.stderr
+
+
+def test_serve_run_config_from_a_clone_without_vilaray(tiny_run, tmp_path):
+    """README's `serve run ... serve/config.yaml` where vilaray is neither installed nor on PYTHONPATH: the
+    config's application (pointed at the session's export and a free port) answers the `openai` client, and
+    SIGINT stops it together with the local Ray it started."""
+    assert SERVE_RUN in (ROOT / "README.md").read_text()
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    (app,) = config["applications"]
+    app["args"] |= {"model": str(tiny_run.exports["sft"]), "num_cpus": 0.5}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = shlex.split(SERVE_RUN)
+    argv[0], argv[-1] = str(ROOT / ".venv" / "bin" / "serve"), str(path)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    assert subprocess.run([sys.executable, "-c", "import vilaray"], cwd=tmp_path, env=env).returncode != 0
+    log = tmp_path / "serve-run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
+        deadline = time.monotonic() + 240
+        while True:  # the proxy answers 404 until the application is deployed
+            try:
+                models = client.models.list()
+                break
+            except (openai.APIConnectionError, openai.APIStatusError):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(1)
+        assert [m.id for m in models.data] == ["sft"]
+        reply = client.chat.completions.create(model="sft", messages=ask(png(), "what color?"), max_tokens=4)
+        assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)

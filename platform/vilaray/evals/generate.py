@@ -3,11 +3,10 @@ streamed chat generation (sampling, seeds, stop ids from the export) for the Ser
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import queue
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,36 +101,41 @@ class EvalModel:
         inputs = self.processor(text=[text], images=pil, return_tensors="pt", add_special_tokens=False)
         return {k: v.to(self.device) for k, v in inputs.items()}
 
-    def stream(self, inputs: dict, params: SamplingParams) -> Iterator[int]:
-        """Generated token ids one at a time (KV cache; greedy at temperature 0), the final stop id included.
-        `generate` runs in a thread and hands tokens over a queue; closing the iterator early lets the
-        thread finish its current step and stop."""
-        tokens: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        kwargs = params.generate_kwargs()
+    def collate(self, inputs: list[dict]) -> dict:
+        """Several `chat_inputs` as one batch, as the processor pads a batch: token rows left-padded (every
+        prompt ends where generation starts), image tensors concatenated in request order (the model fills
+        image tokens in row-major order)."""
+        if len(inputs) == 1:
+            return inputs[0]
+        width = max(x["input_ids"].shape[1] for x in inputs)
+        pad = {"input_ids": self.tok.pad_token_id, "attention_mask": 0}
+        out = {}
+        for key in dict.fromkeys(k for x in inputs for k in x):  # a text-only first request has no pixels
+            if key in pad:
+                rows = [
+                    torch.nn.functional.pad(x[key], (width - x[key].shape[1], 0), value=pad[key])
+                    for x in inputs
+                ]
+                out[key] = torch.cat(rows)
+            else:
+                present = [x[key] for x in inputs if key in x]
+                out[key] = torch.cat(present)
+        return out
 
-        def work() -> None:
-            try:
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                with torch.no_grad():
-                    self.model.generate(
-                        **inputs, **kwargs, streamer=_QueueStreamer(tokens, stop),
-                        eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id,
-                    )  # fmt: skip
-                tokens.put(None)
-            except BaseException as err:  # surfaced to the consumer, not lost in the thread
-                tokens.put(err)
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            while (item := tokens.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
+    @torch.no_grad()
+    def stream_batch(
+        self, inputs: list[dict], params: SamplingParams, emit: Callable[[list[int]], bool]
+    ) -> None:
+        """One `generate` (KV cache; greedy at temperature 0) over several chat prompts; after every step
+        `emit` gets each row's new token id and returns False once no row wants more, which ends the call.
+        Rows that reached a stop id keep receiving pad ids until the batch ends: their consumer stops reading."""
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with contextlib.suppress(GenerationCancelled):
+            self.model.generate(
+                **self.collate(inputs), **params.generate_kwargs(), streamer=_RowStreamer(emit),
+                eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id,
+            )  # fmt: skip
 
     def run(self, items: list[PromptItem]) -> list[dict]:
         """Predictions for a batch: generation for open-ended items, log-likelihoods for choice items."""
@@ -158,6 +162,13 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
 
+    def batch_key(self) -> tuple:
+        """Requests whose keys are equal can share one `generate` call (max_new_tokens is capped per row by
+        the caller). A seed makes a request's samples reproducible only on its own, so it never shares."""
+        if self.seed is not None:
+            return ("seeded", id(self))
+        return ("greedy",) if self.temperature == 0 else ("sample", self.temperature, self.top_p)
+
     def generate_kwargs(self) -> dict:
         if self.temperature == 0:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
@@ -169,25 +180,23 @@ class SamplingParams:
         }
 
 
-class _QueueStreamer:
-    """`generate`'s streamer: skips the prompt, queues each new token id; raising from `put` once the
-    consumer has gone is how generation stops early."""
+class _RowStreamer:
+    """`generate`'s streamer: skips the prompt, hands each step's token ids (one per row) to `emit`; raising
+    from `put` is how generation stops early once every row's consumer has gone."""
 
-    def __init__(self, tokens: queue.Queue, stop: threading.Event):
-        self.tokens, self.stop, self.prompt_seen = tokens, stop, False
+    def __init__(self, emit: Callable[[list[int]], bool]):
+        self.emit, self.prompt_seen = emit, False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        if self.stop.is_set():
+        if not self.emit([int(t) for t in value.flatten().tolist()]):
             raise GenerationCancelled()
-        for token in value.flatten().tolist():
-            self.tokens.put(int(token))
 
     def end(self) -> None:
         pass
 
 
 class GenerationCancelled(Exception):
-    """The consumer of a stream went away (a client disconnected)."""
+    """No row of a batch wants more tokens (each finished or its client went away)."""

@@ -55,17 +55,19 @@ async def _body_cap(request: Request, call_next):
 @serve.deployment
 @serve.ingress(app)
 class ChatServer:
-    """One replica: the export loaded once (the evals' model object), one generation at a time, up to
-    `max_waiting` requests queued behind it; one more is answered 429 with Retry-After at once (Serve's own
-    queue would answer 503 in plain text, which clients cannot read as an OpenAI error)."""
+    """One replica: the export loaded once (the evals' model object), one batched generation at a time (up to
+    `max_batch_size` requests), up to `max_waiting` requests queued behind it; one more is answered 429 with
+    Retry-After at once (Serve's own queue would answer 503 in plain text, which clients cannot read as an
+    OpenAI error)."""
 
     def __init__(self, config: dict):
         from vilaray.evals.generate import EvalModel
+        from vilaray.serve.batching import Batcher
 
         self.cfg = ServeConfig(**config)
         self.model = EvalModel(self.cfg.model)
+        self.batcher = Batcher(self.model, self.cfg.max_batch_size, self.cfg.batch_wait_s)
         self.key = self.cfg.api_key()
-        self.lock = asyncio.Lock()
         self.admitted = 0  # chat requests between admission and their reply's end
         app.state.max_body_bytes = self.cfg.limits.max_body_bytes
 
@@ -132,7 +134,7 @@ class ChatServer:
     def _admit(self):
         """Count the request in, or refuse it with 429 when the generation and its queue are full; returns
         the release to call once when the request ends (however it ends)."""
-        limit = 1 + self.cfg.max_waiting
+        limit = self.cfg.max_batch_size + self.cfg.max_waiting
         if self.admitted >= limit:
             raise APIError(429, f"this replica is busy ({self.admitted} requests for {limit} places); retry shortly",
                            code="overloaded", headers={"Retry-After": "1"})  # fmt: skip
@@ -188,16 +190,18 @@ class ChatServer:
         reply = ReplyText(self.model.tok, self.model.stop_ids, stops)
         prompt = int(inputs["input_ids"].shape[1])
         try:
-            async with self.lock:
-                tokens = self.model.stream(inputs, params)
-                try:
-                    while reply.finish_reason is None:
-                        token = await asyncio.to_thread(next, tokens, None)
-                        delta = reply.close() if token is None else reply.add(token)
-                        if delta:
-                            yield "text", delta
-                finally:
-                    tokens.close()
+            tokens = self.batcher.stream(inputs, params)
+            try:
+                async for token in tokens:
+                    if delta := reply.add(token):
+                        yield "text", delta
+                    if reply.finish_reason is not None:
+                        break
+                else:  # the token cap
+                    if delta := reply.close():
+                        yield "text", delta
+            finally:
+                await tokens.aclose()
         finally:
             release()
         usage = {"prompt_tokens": prompt, "completion_tokens": reply.tokens,
@@ -235,8 +239,8 @@ def build_app(config: dict) -> serve.Application:
         autoscaling_config=scale.model_dump(),
         # Past the replica's own queue Serve would answer 503 in plain text: let every request reach a
         # replica (the generation, its queue, and room for /health and /v1/models) so the replica answers.
-        max_ongoing_requests=cfg.max_waiting + 4,
+        max_ongoing_requests=cfg.max_batch_size + cfg.max_waiting + 4,
         max_queued_requests=cfg.max_queued_requests,
         graceful_shutdown_timeout_s=cfg.drain_timeout_s,
-        ray_actor_options={"num_cpus": cfg.num_cpus},
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
     ).bind(cfg.model_dump())

@@ -43,9 +43,14 @@ class ServeConfig(_Strict):
     limits: Limits = Limits()
     autoscaling: Autoscaling = Autoscaling()
     num_cpus: float = Field(1.0, gt=0)  # per model replica
-    # Requests a replica holds behind the one it generates for; the next one gets 429 with Retry-After.
+    num_gpus: float = Field(0.0, ge=0)  # per model replica; the model goes to the GPU when it has one
+    # Requests one `generate` call of a replica serves together (dynamic batching; 1 turns it off), and how
+    # long an idle replica waits for a burst to gather before it starts.
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_s: float = Field(0.005, ge=0)
+    # Requests a replica holds behind its running batch; the next one gets 429 with Retry-After.
     max_waiting: int = Field(8, ge=0)
-    # Requests Serve's router holds while every replica is at max_waiting + 4 (then a plain-text 503).
+    # Requests Serve's router holds while every replica is at its batch + max_waiting + 4 (then a plain-text 503).
     max_queued_requests: int = Field(16, ge=-1)
     # On shutdown or a redeploy, a replica stops taking requests and lets in-flight ones finish this long.
     drain_timeout_s: float = Field(20.0, ge=0)
