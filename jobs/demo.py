@@ -1,4 +1,5 @@
-"""`make demo`: shapes world + tiny assets, the pretrain mixture's statistics, stages 1-3 on local Ray, the eval table."""
+"""`make demo`: shapes world + tiny assets, the pretrain mixture's statistics, stages 1-3 on local Ray, the eval
+table, and one question to the SFT export through Ray Serve."""
 
 import argparse
 import json
@@ -80,6 +81,32 @@ def evaluate_stages(recipe, paths, exports: dict, world_root, limit: int):
     return table, shapes_floors(results[0], by_name["pretrain"], by_name["sft"])
 
 
+def ask_served(export: Path, world_root: Path) -> str:
+    """One held-out VQA question about its image, asked of the SFT export through Ray Serve on this Ray and
+    the `openai` client, as a user of `jobs/serve.py` would; Serve is shut down after."""
+    import socket
+
+    import openai
+    from ray import serve
+    from vilaray.serve.app import build_app
+    from vilaray.serve.shapes import shapes_questions
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({"model": str(export), "num_cpus": 0.5}), name="demo", route_prefix="/")
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120
+        )
+        (q,) = shapes_questions(world_root, 1)
+        reply = client.chat.completions.create(model="sft", messages=q.messages, max_tokens=16, temperature=0)
+    finally:
+        serve.shutdown()
+    return f"[demo] asked through Ray Serve + openai about {q.image.name}: {q.question!r} -> {reply.choices[0].message.content!r}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--recipe", default=str(RECIPE))
@@ -116,6 +143,8 @@ def main(argv=None) -> int:
         print(table)
         for f in floors:
             print(f"[demo] {f.line()}")
+        print(ask_served(exports["sft"], Path(data.root)))
+        phases.done("one question through Ray Serve")
         print(phases.summary())
     if missed := [f.name for f in floors if not f.ok]:
         print(f"[demo] FAILED: floors not met: {'; '.join(missed)}", file=sys.stderr)

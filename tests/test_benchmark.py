@@ -157,3 +157,35 @@ def test_lm_head_benchmark_compares_loss_positions_with_full_logits(bench_root):
     assert masked[0].tolist() == [-100] * 6 + list(range(6, 10)) + [-100] * 6 + list(range(16, 20))
     with pytest.raises(ValueError, match="--prompt-share"):
         BENCHMARKS.get("lm-head").run(dataclasses.replace(report_cfg, prompt_share=1.0))
+
+
+def test_serve_benchmark_measures_overhead_and_batching(ray_session, bench_root):
+    """Both sides of both comparisons on the same prompts in one run: one-token replies in process and
+    through Serve + the `openai` client, and streamed replies at concurrency 1 and 8 with batching on and
+    off. The goals (overhead, scaling) are the benchmark's verdict, not this test's."""
+    from vilaray.bench import BENCHMARKS
+    from vilaray.bench.serve import OFF, ON, ServeBenchConfig, check
+
+    cfg = ServeBenchConfig(root=str(bench_root), latency_requests=4, requests=8, concurrency="8",
+                           max_tokens=6, replica_cpus=0.25)  # fmt: skip
+    report = BENCHMARKS.get("serve").run(cfg)
+    out = json.loads(json.dumps(report.to_dict()))
+    assert out["in_process"]["n"] == out["served"]["n"] == 4
+    assert out["overhead_ms"] == pytest.approx(out["served"]["p50_ms"] - out["in_process"]["p50_ms"])
+    assert {(x["side"], x["concurrency"]) for x in out["levels"]} == {
+        (s, c) for s in (ON, OFF) for c in (1, 8)
+    }
+    for x in out["levels"]:
+        assert (
+            8 <= x["tokens"] <= 8 * 6
+            and x["ttft"]["n"] == 8
+            and 0 < x["ttft"]["p50_ms"] <= x["ttft"]["p99_ms"]
+        )
+        assert x["tokens_per_s"] == pytest.approx(x["tokens"] / x["seconds"])
+    assert out["scaling"][ON]["1"] == 1.0 and out["batching_gain"]["8"] == pytest.approx(
+        report.level(ON, 8).tokens_per_s / report.level(OFF, 8).tokens_per_s
+    )
+    strict = ServeBenchConfig(max_overhead_ms=-1e9, min_scaling=1e9)
+    lax = ServeBenchConfig(max_overhead_ms=1e9, min_scaling=0.0)
+    assert len(check(strict, report)) == 2 and not check(lax, report)
+    assert "tokens/s" in report.table() and "overhead" in report.table()

@@ -126,11 +126,26 @@ def test_make_world_command_reuses_a_built_world(world, assets_dir, tmp_path, ca
     assert_console_for_people(out)
 
 
-@pytest.mark.parametrize("bench", ["attention", "data", "train", "eval", "lm-head"])
+@pytest.mark.parametrize("bench", ["attention", "data", "train", "eval", "lm-head", "serve"])
 def test_benchmark_commands_parse(bench):
     import benchmark
 
-    # python jobs/benchmark.py attention|data|train|eval|lm-head (their runs are tests/test_benchmark.py's)
+    # python jobs/benchmark.py attention|data|train|eval|lm-head|serve (their runs are tests/test_benchmark.py's)
     args = benchmark.build_parser().parse_args([bench])
     config = benchmark.config_from_args(benchmark.BENCHMARKS.get(bench), args)
     assert args.benchmark == bench and config == benchmark.BENCHMARKS.get(bench).config()
+
+
+@pytest.mark.slow
+def test_demo_ends_with_one_question_through_serve(ray_session, tiny_run, small_world_dir):
+    """`make demo`'s last step on the session's SFT export: Serve up on this Ray, one held-out VQA question
+    with its image through the `openai` client, Serve down again."""
+    import demo
+    from ray import serve
+
+    line = demo.ask_served(tiny_run.exports["sft"], small_world_dir)
+    assert line.startswith("[demo] asked through Ray Serve + openai about shapes_val_"), line
+    answer = line.rsplit(" -> ", 1)[1]
+    assert answer.strip("'\"")
+    status = serve.status()  # Serve is down again: no proxies, no applications
+    assert not status.proxies and not status.applications

@@ -150,7 +150,7 @@ def test_batcher_gives_each_row_its_own_reply_in_one_generate(local_model, vqa):
         return solo, await asyncio.gather(*rows), alone.batch_sizes, together.batch_sizes
 
     solo, batched, sizes_alone, sizes_together = asyncio.run(scenario())
-    assert sizes_alone == [1] * 6 and sizes_together == [6]
+    assert sizes_alone == {1: 6} and sizes_together == {6: 1}
     assert all(s[-1] in local_model.stop_ids or len(s) == 16 for s in solo)
     expected = [s[:cap] for s, cap in zip(solo, caps)]
     expected[4] = solo[4][:1]
@@ -317,6 +317,45 @@ def test_overload_is_answered_429_with_retry_after_and_nothing_else(served):
             assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "rate_limit_error"
             assert r.json()["error"]["code"] == "overloaded"
     assert httpx.post(url, json=body, headers=headers, timeout=120).status_code == 200  # places freed
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text from Ray's metrics endpoint: `name{label="v",...}` -> value, summed over workers."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ray_vilaray_serve_"):
+            name, _, labels_value = line.partition("{")
+            labels, _, value = labels_value.rpartition("} ")
+            keep = ",".join(kv for kv in labels.split(",") if kv.split("=")[0] in ("route", "status", "le"))
+            key = f"{name}{{{keep}}}"
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def test_serve_metrics_reach_rays_metrics_endpoint(served, client):
+    """After the requests above: counts by route and status (4xx included), latency, time to first token,
+    generated tokens and batch sizes, as Ray exports them (every ~10 s)."""
+    import ray
+
+    client.chat.completions.create(model=NAME, messages=ask(None, "hi"), max_tokens=2)
+    port = ray.nodes()[0]["MetricsExportPort"]
+    ok = 'ray_vilaray_serve_requests_total{route="/v1/chat/completions",status="200"}'
+    bad = 'ray_vilaray_serve_requests_total{route="/v1/chat/completions",status="400"}'
+    deadline = time.monotonic() + 60
+    while (m := scrape(port)).get(ok, 0) < 10 or bad not in m:
+        assert time.monotonic() < deadline, sorted(m)[:40]
+        time.sleep(2)
+    assert m.get('ray_vilaray_serve_requests_total{route="/v1/models",status="200"}', 0) >= 1
+    assert m['ray_vilaray_serve_request_seconds_count{route="/v1/chat/completions"}'] >= m[ok]
+    assert (
+        m["ray_vilaray_serve_ttft_seconds_count{}"] >= 10
+        and m["ray_vilaray_serve_generated_tokens_total{}"] >= 10
+    )
+    assert (
+        m["ray_vilaray_serve_batch_size_count{}"] >= 1
+        and m["ray_vilaray_serve_decode_tokens_per_second_count{}"] >= 1
+    )
 
 
 def test_serve_command_answers_then_drains_on_sigterm(tiny_run, tmp_path):

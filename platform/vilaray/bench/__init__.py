@@ -39,4 +39,4 @@ def register(bench: Benchmark) -> Benchmark:
 
 
 # Benchmark modules register themselves on import.
-from vilaray.bench import attention, data, evals, lm_head, train  # noqa: E402,F401
+from vilaray.bench import attention, data, evals, lm_head, serve, train  # noqa: E402,F401

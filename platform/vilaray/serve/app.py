@@ -16,6 +16,7 @@ from ray import serve
 
 from vilaray.serve.config import ServeConfig
 from vilaray.serve.errors import APIError
+from vilaray.serve.metrics import serve_metrics
 from vilaray.serve.protocol import ChatCompletionRequest
 
 app = FastAPI(title="vilaray", description="OpenAI-compatible chat completions over a vilaray export")
@@ -42,14 +43,22 @@ async def _invalid(_request: Request, err: RequestValidationError) -> JSONRespon
 
 
 @app.middleware("http")
-async def _body_cap(request: Request, call_next):
-    """Refuse an oversized body from its Content-Length before reading it. (Serve itself stamps every
-    response with an `x-request-id`, the caller's own when it sent one.)"""
-    cap = getattr(request.app.state, "max_body_bytes", None)
-    length = request.headers.get("content-length")
-    if cap is not None and length is not None and length.isdigit() and int(length) > cap:
-        return APIError(413, f"request body is {length} bytes, over max_body_bytes {cap}").response()
-    return await call_next(request)
+async def _body_cap_and_metrics(request: Request, call_next):
+    """Refuse an oversized body from its Content-Length before reading it, and count every request with its
+    status and latency. (Serve itself stamps every response with an `x-request-id`, the caller's own when it
+    sent one.)"""
+    t0, status = time.perf_counter(), 500
+    try:
+        cap = getattr(request.app.state, "max_body_bytes", None)
+        length = request.headers.get("content-length")
+        if cap is not None and length is not None and length.isdigit() and int(length) > cap:
+            response = APIError(413, f"request body is {length} bytes, over max_body_bytes {cap}").response()
+        else:
+            response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        serve_metrics().request(request.url.path, status, time.perf_counter() - t0)
 
 
 @serve.deployment
@@ -66,7 +75,12 @@ class ChatServer:
 
         self.cfg = ServeConfig(**config)
         self.model = EvalModel(self.cfg.model)
-        self.batcher = Batcher(self.model, self.cfg.max_batch_size, self.cfg.batch_wait_s)
+        self.batcher = Batcher(
+            self.model,
+            self.cfg.max_batch_size,
+            self.cfg.batch_wait_s,
+            on_batch=serve_metrics().batch_size.observe,
+        )
         self.key = self.cfg.api_key()
         self.admitted = 0  # chat requests between admission and their reply's end
         app.state.max_body_bytes = self.cfg.limits.max_body_bytes
@@ -189,10 +203,12 @@ class ChatServer:
 
         reply = ReplyText(self.model.tok, self.model.stop_ids, stops)
         prompt = int(inputs["input_ids"].shape[1])
+        t0, first = time.perf_counter(), None
         try:
             tokens = self.batcher.stream(inputs, params)
             try:
                 async for token in tokens:
+                    first = first or time.perf_counter()
                     if delta := reply.add(token):
                         yield "text", delta
                     if reply.finish_reason is not None:
@@ -204,6 +220,8 @@ class ChatServer:
                 await tokens.aclose()
         finally:
             release()
+            end = time.perf_counter()
+            serve_metrics().reply(first and first - t0, reply.tokens, end - (first or end))
         usage = {"prompt_tokens": prompt, "completion_tokens": reply.tokens,
                  "total_tokens": prompt + reply.tokens}  # fmt: skip
         yield "finish", (reply.finish_reason, usage)

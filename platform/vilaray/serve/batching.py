@@ -5,7 +5,8 @@ its own request as they come."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from vilaray.evals.generate import EvalModel, SamplingParams
@@ -36,12 +37,18 @@ class Batcher:
     """One generation at a time per replica; each takes every compatible waiting request, up to
     `max_batch_size`, in arrival order. `wait_s` lets a burst gather before an idle replica starts."""
 
-    def __init__(self, model: EvalModel, max_batch_size: int, wait_s: float = 0.0):
-        self.model, self.max_batch, self.wait_s = model, max_batch_size, wait_s
+    def __init__(
+        self,
+        model: EvalModel,
+        max_batch_size: int,
+        wait_s: float = 0.0,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self.model, self.max_batch, self.wait_s, self.on_batch = model, max_batch_size, wait_s, on_batch
         self.waiting: list[_Request] = []
         self.wakeup = asyncio.Event()
         self.worker: asyncio.Task | None = None
-        self.batch_sizes: list[int] = []  # every generate call's size, for tests and metrics
+        self.batch_sizes: Counter[int] = Counter()  # generate calls by batch size
 
     async def stream(self, inputs: dict, params: SamplingParams) -> AsyncIterator[int]:
         """The request's generated token ids (its stop id included), at most `params.max_new_tokens`."""
@@ -69,7 +76,9 @@ class Batcher:
             if not self.waiting:
                 self.wakeup.clear()
             if batch:
-                self.batch_sizes.append(len(batch))
+                self.batch_sizes[len(batch)] += 1
+                if self.on_batch:
+                    self.on_batch(len(batch))
                 await asyncio.to_thread(self._generate, batch)
 
     def _take(self) -> list[_Request]:
