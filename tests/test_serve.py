@@ -39,9 +39,47 @@ def png(color=(255, 0, 0), size=(64, 64)) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, tiny_run, tmp_path_factory):
-    """Two apps on one Serve instance of the session's Ray: the SFT export open, and the same export behind
-    an API key read from a file."""
+def image_server():
+    """A loopback web server for http(s) image URLs: a PNG, one over the byte cap, a slow one, a 404 and a
+    redirect."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/red.png":
+                self._send(200, png())
+            elif self.path == "/big.png":
+                self._send(200, b"\x89PNG" + b"0" * (5 * 1024 * 1024))
+            elif self.path == "/slow.png":
+                time.sleep(3)
+                self._send(200, png())
+            elif self.path == "/moved.png":
+                self.send_response(302)
+                self.send_header("Location", "/red.png")
+                self.end_headers()
+            else:
+                self._send(404, b"no")
+
+        def _send(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tiny_run, tmp_path_factory, image_server):
+    """Two apps on one Serve instance of the session's Ray: the SFT export open (fetching http images from
+    the loopback image server only), and the same export behind an API key read from a file."""
     from ray import serve
     from vilaray.serve.app import build_app
 
@@ -51,7 +89,8 @@ def served(ray_session, tiny_run, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = {"model": str(export), "model_name": NAME, "num_cpus": 0.25, "limits": {"max_tokens": 48}}
-    serve.run(build_app(common), name="open", route_prefix="/")
+    fetch = {"allow_hosts": [image_server], "timeout_s": 1.0}
+    serve.run(build_app({**common, "image_fetch": fetch}), name="open", route_prefix="/")
     # The keyed app also has the smallest capacity (one request generating, one waiting): the overload test
     # fills it.
     keyed = {**common, "api_key_file": str(key_file), "max_batch_size": 1, "max_waiting": 1}
@@ -155,6 +194,39 @@ def test_batcher_gives_each_row_its_own_reply_in_one_generate(local_model, vqa):
     expected = [s[:cap] for s, cap in zip(solo, caps)]
     expected[4] = solo[4][:1]
     assert batched == expected
+
+
+def test_http_images_come_only_from_listed_hosts_within_limits(client, image_server):
+    """The listed loopback host serves the same PNG as a data: URL, so the reply is the same; a 404, a
+    redirect, a slow server, an oversized body and an unlisted host are each a 4xx naming image_url."""
+
+    def ask_url(url: str) -> dict:
+        parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what color?"}]
+        return {
+            "model": NAME,
+            "messages": [{"role": "user", "content": parts}],
+            "temperature": 0,
+            "max_tokens": 6,
+        }
+
+    fetched = client.chat.completions.create(**ask_url(f"http://{image_server}/red.png"))
+    inline = client.chat.completions.create(**ask_url(data_url(png())))
+    assert fetched.choices[0].message.content == inline.choices[0].message.content
+    assert fetched.usage.prompt_tokens == inline.usage.prompt_tokens
+    port = image_server.rsplit(":", 1)[1]
+    cases = {
+        "/missing.png": (400, "HTTP 404"),
+        "/moved.png": (400, "HTTP 302"),
+        "/slow.png": (400, "took over 1 s"),
+        "/big.png": (413, "max_image_bytes"),
+    }
+    for path, (status, words) in cases.items():
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(**ask_url(f"http://{image_server}{path}"))
+        assert err.value.status_code == status and words in err.value.body["message"], (path, err.value.body)
+        assert err.value.body["param"] == "image_url"
+    with pytest.raises(openai.BadRequestError, match="not in image_fetch.allow_hosts"):
+        client.chat.completions.create(**ask_url(f"http://localhost:{port}/red.png"))
 
 
 def test_concurrent_requests_get_their_sequential_replies(client, vqa):

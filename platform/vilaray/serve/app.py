@@ -184,7 +184,12 @@ class ChatServer:
         if n_images > limits.max_images:
             raise APIError(400, f"{n_images} images, over max_images {limits.max_images}", "messages")
         try:
-            canonical = parse_messages({"messages": raw}, lambda ref: image_bytes(ref, limits))
+
+            def to_image(ref: object) -> bytes:
+                return image_bytes(ref, limits, self.cfg.image_fetch)
+
+            # In a thread: an allowed http(s) image is fetched while parsing.
+            canonical = await asyncio.to_thread(parse_messages, {"messages": raw}, to_image)
         except BadRecord as err:
             raise APIError(400, f"messages: {err}", "messages") from None
         messages, images = template_messages(canonical)

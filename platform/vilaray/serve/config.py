@@ -24,6 +24,14 @@ class Limits(_Strict):
     default_max_tokens: int = Field(64, ge=1)
 
 
+class ImageFetch(_Strict):
+    """http(s) image URLs: refused unless their host is listed, then fetched without redirects, within
+    `timeout_s` and the byte cap. Listing a host lets clients make this server request its URLs."""
+
+    allow_hosts: list[str] = []  # "images.example.com" or "host:port", matched exactly
+    timeout_s: float = Field(5.0, gt=0)
+
+
 class Autoscaling(_Strict):
     """Ray Serve's `autoscaling_config` for the model replicas (Serve's defaults scale slowly: 30 s up,
     600 s down)."""
@@ -41,6 +49,7 @@ class ServeConfig(_Strict):
     model: str  # export directory (absolute on a cluster: replicas run in their own directories)
     model_name: str | None = None  # the `model` id clients send and /v1/models lists
     limits: Limits = Limits()
+    image_fetch: ImageFetch = ImageFetch()
     autoscaling: Autoscaling = Autoscaling()
     num_cpus: float = Field(1.0, gt=0)  # per model replica
     num_gpus: float = Field(0.0, ge=0)  # per model replica; the model goes to the GPU when it has one
