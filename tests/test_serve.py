@@ -124,6 +124,42 @@ def image_only(url: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
 
 
+def test_openapi_schema_carries_the_limits(served):
+    schema = httpx.get(f"{served[0]}/openapi.json", timeout=10).json()
+    request = schema["components"]["schemas"]["ChatCompletionRequest"]
+    for key in ("max_tokens", "max_completion_tokens"):
+        (integer,) = [b for b in request["properties"][key]["anyOf"] if b.get("type") == "integer"]
+        assert integer.get("maximum") == 48 and integer["minimum"] == 1, request["properties"][key]
+    assert request["properties"]["n"]["maximum"] == 1 and "At most 8 images" in request["description"]
+    assert schema["info"]["x-limits"]["max_tokens"] == 48 and "/v1/chat/completions" in schema["paths"]
+
+
+def test_schemathesis_finds_no_server_error(served):
+    """Requests generated from /openapi.json (bounded examples per route, no shrinking database): whatever
+    they hold, the answer is never a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_url(f"{served[0]}/openapi.json")
+    calls = []
+    for path, method, examples in (
+        ("/v1/chat/completions", "POST", 60),
+        ("/v1/models", "GET", 5),
+        ("/health", "GET", 5),
+    ):
+
+        @given(case=schema[path][method].as_strategy())
+        @settings(
+            max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
+        def no_5xx(case):
+            calls.append(case.call_and_validate(checks=[not_a_server_error], timeout=60).status_code)
+
+        no_5xx()
+    assert len(calls) >= 50 and all(c < 500 for c in calls)
+
+
 def test_models_health_and_request_ids(served, client):
     assert [m.id for m in client.models.list().data] == [NAME]
     r = httpx.get(f"{served[0]}/health", timeout=10)

@@ -19,7 +19,14 @@ from vilaray.serve.errors import APIError
 from vilaray.serve.metrics import serve_metrics
 from vilaray.serve.protocol import ChatCompletionRequest
 
-app = FastAPI(title="vilaray", description="OpenAI-compatible chat completions over a vilaray export")
+# The schema route is the replica's own (below): it carries the replica's limits.
+app = FastAPI(
+    title="vilaray",
+    description="OpenAI-compatible chat completions over a vilaray export",
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
+)
 
 
 @app.exception_handler(APIError)
@@ -61,6 +68,32 @@ async def _body_cap_and_metrics(request: Request, call_next):
         serve_metrics().request(request.url.path, status, time.perf_counter() - t0)
 
 
+def limited_openapi(cfg: ServeConfig) -> dict:
+    """FastAPI's schema with this replica's limits written in: `maximum` on the token caps, and the image
+    and body limits in the request's description (JSON Schema cannot count images across messages)."""
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    limits = cfg.limits
+    request = schema["components"]["schemas"]["ChatCompletionRequest"]
+    for key in ("max_tokens", "max_completion_tokens"):
+        for branch in request["properties"][key].get("anyOf", [request["properties"][key]]):
+            if branch.get("type") == "integer":
+                branch["maximum"] = limits.max_tokens
+    request["description"] = (
+        f"At most {limits.max_images} images per request, each at most {limits.max_image_bytes} bytes and "
+        f"{limits.max_image_pixels} pixels; a body of at most {limits.max_body_bytes} bytes; prompt plus "
+        f"max_tokens within the model's context. Images: data: URLs"
+        + (
+            f", or http(s) from {', '.join(cfg.image_fetch.allow_hosts)}."
+            if cfg.image_fetch.allow_hosts
+            else "."
+        )
+    )
+    schema["info"]["x-limits"] = limits.model_dump()
+    return schema
+
+
 @serve.deployment
 @serve.ingress(app)
 class ChatServer:
@@ -84,6 +117,7 @@ class ChatServer:
         self.key = self.cfg.api_key()
         self.admitted = 0  # chat requests between admission and their reply's end
         app.state.max_body_bytes = self.cfg.limits.max_body_bytes
+        self.schema = limited_openapi(self.cfg)
 
     def _authorize(self, request: Request) -> None:
         if self.key is None:
@@ -98,6 +132,10 @@ class ChatServer:
     @app.get("/health")
     def health(self) -> dict:
         return {"status": "ok"}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(self) -> dict:
+        return self.schema
 
     @app.get("/v1/models")
     def models(self, request: Request) -> dict:
