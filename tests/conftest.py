@@ -20,6 +20,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
 os.environ.setdefault("RAY_enable_output_error_log_if_still_retry", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Serve's replicas and handles report load every 0.5 s instead of 10 s: the autoscaling test sees replicas
+# come and go within seconds.
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(ROOT / "jobs"))

@@ -427,6 +427,59 @@ def test_overload_is_answered_429_with_retry_after_and_nothing_else(served):
     assert httpx.post(url, json=body, headers=headers, timeout=120).status_code == 200  # places freed
 
 
+def test_replicas_rise_under_sustained_load_and_fall_after(served):
+    """Autoscaling with test-sized delays: four clients that never pause hold more requests than one
+    replica's target, so Serve starts a second (seen in `serve.status()`); once they stop, it goes back to
+    one."""
+    import threading
+
+    from ray import serve
+    from vilaray.serve.app import build_app
+
+    scale = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0,
+             "downscale_delay_s": 2, "look_back_period_s": 2, "metrics_interval_s": 0.5}  # fmt: skip
+    cfg = {
+        "model": str(served[1]),
+        "model_name": NAME,
+        "num_cpus": 0.25,
+        "max_batch_size": 1,
+        "autoscaling": scale,
+    }
+    serve.run(build_app(cfg), name="scaling", route_prefix="/scaling")
+
+    def running() -> int:
+        (deployment,) = serve.status().applications["scaling"].deployments.values()
+        return deployment.replica_states.get("RUNNING", 0)
+
+    def wait_for(n: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while running() != n:
+            assert time.monotonic() < deadline, (n, serve.status().applications["scaling"])
+            time.sleep(0.5)
+
+    stop, answered = threading.Event(), []
+
+    def load() -> None:
+        c = openai.OpenAI(base_url=f"{served[0]}/scaling/v1", api_key="x", max_retries=0, timeout=120)
+        while not stop.is_set():
+            c.chat.completions.create(model=NAME, messages=ask(None, "Describe a red circle."), max_tokens=32)
+            answered.append(1)
+
+    try:
+        assert running() == 1
+        clients = [threading.Thread(target=load) for _ in range(4)]
+        for t in clients:
+            t.start()
+        wait_for(2, 120)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=120)
+    assert answered
+    wait_for(1, 120)
+    serve.delete("scaling")
+
+
 def scrape(port: int) -> dict[str, float]:
     """Prometheus text from Ray's metrics endpoint: `name{label="v",...}` -> value, summed over workers."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

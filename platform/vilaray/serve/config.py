@@ -41,8 +41,11 @@ class Autoscaling(_Strict):
     target_ongoing_requests: float = Field(2.0, gt=0)
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
-    # Longer than Serve's 10 s metrics interval, which it will require.
+    # Longer than the metrics interval, which Serve will require.
     look_back_period_s: float = Field(30.0, gt=0)
+    # How often replicas and handles report load (Serve deprecates the field for the env vars
+    # RAY_SERVE_{REPLICA,HANDLE}_AUTOSCALING_METRIC_PUSH_INTERVAL_S, which must match it).
+    metrics_interval_s: float = Field(10.0, gt=0)
 
 
 class ServeConfig(_Strict):
