@@ -448,7 +448,7 @@ def test_replicas_rise_under_sustained_load_and_fall_after(served):
     serve.run(build_app(cfg), name="scaling", route_prefix="/scaling")
 
     def running() -> int:
-        (deployment,) = serve.status().applications["scaling"].deployments.values()
+        deployment = serve.status().applications["scaling"].deployments["ChatModel"]
         return deployment.replica_states.get("RUNNING", 0)
 
     def wait_for(n: int, timeout_s: float) -> None:
@@ -478,6 +478,38 @@ def test_replicas_rise_under_sustained_load_and_fall_after(served):
     assert answered
     wait_for(1, 120)
     serve.delete("scaling")
+
+
+def test_back_pressure_and_deadline_are_answered_in_the_envelope(served):
+    """Serve's own refusals reach clients as OpenAI errors: a model replica that takes one request at a time
+    and holds it (a 5 s batch wait), a router queue of one, and a 3 s request deadline. A (streamed) is taken
+    and runs out its deadline before its first token (408), B waits in the queue and runs out too (408), C
+    finds the queue full (503 with Retry-After)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+    from vilaray.serve.app import build_app
+
+    cfg = {"model": str(served[1]), "model_name": NAME, "num_cpus": 0.25, "max_batch_size": 1, "batch_wait_s": 5.0,
+           "max_ongoing_requests": 1, "max_queued_requests": 1, "request_timeout_s": 3.0}  # fmt: skip
+    serve.run(build_app(cfg), name="tight", route_prefix="/tight")
+    url = f"{served[0]}/tight/v1/chat/completions"
+    body = {"model": NAME, "messages": ask(None, "hi"), "max_tokens": 2}
+
+    def post(delay_and_stream: tuple[float, bool]) -> httpx.Response:
+        delay, stream = delay_and_stream
+        time.sleep(delay)
+        return httpx.post(url, json={**body, "stream": stream}, timeout=60)
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            a, b, c = pool.map(post, ((0.0, True), (0.8, False), (2.0, False)))
+        assert [a.status_code, b.status_code, c.status_code] == [408, 408, 503], (a.text, b.text, c.text)
+        for r in (a, b):
+            assert r.json()["error"]["type"] == "timeout_error" and r.json()["error"]["code"] == "timeout"
+        assert c.json()["error"]["type"] == "service_unavailable_error" and c.headers["retry-after"] == "1"
+    finally:
+        serve.delete("tight")
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -94,28 +94,64 @@ def limited_openapi(cfg: ServeConfig) -> dict:
     return schema
 
 
+class Events:
+    """The model replica's event stream as the ingress reads it: its errors as `APIError`s (Serve's
+    back-pressure as 503 with Retry-After, the request's deadline as 408), the stream cancelled when the
+    reader stops early."""
+
+    def __init__(self, stream, deadline: float):
+        self.stream, self.deadline = stream, deadline
+
+    async def next(self) -> tuple[str, object]:
+        from ray.serve.exceptions import BackPressureError
+
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(self.stream.__anext__(), remaining)
+        except TimeoutError:
+            self.stream.cancel()
+            raise APIError(
+                408, "the reply did not finish within the request timeout", code="timeout"
+            ) from None
+        except BackPressureError:
+            raise APIError(503, "every model replica's queue is full; retry shortly", code="overloaded",
+                           headers={"Retry-After": "1"}) from None  # fmt: skip
+        except StopAsyncIteration:
+            raise
+        except Exception as err:
+            cause = getattr(err, "cause", err)  # a model replica's own APIError, as raised there
+            if isinstance(cause, APIError):
+                raise APIError(cause.status, cause.message, cause.param, cause.code, cause.headers) from None
+            raise
+
+    async def after(self, first: tuple[str, object]) -> AsyncIterator[tuple[str, object]]:
+        yield first
+        try:
+            while True:
+                try:
+                    event = await self.next()
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            self.stream.cancel()
+
+
+# Defined above the ingress: `serve.ingress` freezes the app's routes (pickling their globals) when it
+# decorates the class, so names they use must exist by then.
 @serve.deployment
 @serve.ingress(app)
-class ChatServer:
-    """One replica: the export loaded once (the evals' model object), one batched generation at a time (up to
-    `max_batch_size` requests), up to `max_waiting` requests queued behind it; one more is answered 429 with
-    Retry-After at once (Serve's own queue would answer 503 in plain text, which clients cannot read as an
-    OpenAI error)."""
+class ChatIngress:
+    """The HTTP side, in front of the model replicas: API key, request checks and image decoding (and
+    fetching) before a model replica is involved; Serve's back-pressure and the request deadline answered in
+    OpenAI's envelope (503 with Retry-After, 408) instead of Serve's plain text; SSE streaming."""
 
-    def __init__(self, config: dict):
-        from vilaray.evals.generate import EvalModel
-        from vilaray.serve.batching import Batcher
-
+    def __init__(self, config: dict, model):
         self.cfg = ServeConfig(**config)
-        self.model = EvalModel(self.cfg.model)
-        self.batcher = Batcher(
-            self.model,
-            self.cfg.max_batch_size,
-            self.cfg.batch_wait_s,
-            on_batch=serve_metrics().batch_size.observe,
-        )
+        self.model = model.options(stream=True)
         self.key = self.cfg.api_key()
-        self.admitted = 0  # chat requests between admission and their reply's end
         app.state.max_body_bytes = self.cfg.limits.max_body_bytes
         self.schema = limited_openapi(self.cfg)
 
@@ -148,21 +184,20 @@ class ChatServer:
         from vilaray.evals.generate import SamplingParams
 
         self._authorize(request)
-        release = self._admit()
-        try:
-            inputs, cap = await self._inputs(body)
-        except BaseException:
-            release()
-            raise
+        deadline = time.monotonic() + self.cfg.request_timeout_s
+        messages, images, cap = await self._checked(body)
         params = SamplingParams(cap, body.temperature, body.top_p, body.seed)
+        events = Events(self.model.chat.remote(messages, images, params, body.stops()), deadline)
+        # The first event decides the status line: a refusal from the model replica (429, a prompt past the
+        # context), back-pressure (503) or the deadline (408) still gets its own status and envelope.
+        first = await events.next()
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        events = self._generate(inputs, params, body.stops(), release)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            sse = self._sse(events, reply_id, created, include_usage)
+            sse = self._sse(events.after(first), reply_id, created, include_usage)
             return StreamingResponse(sse, media_type="text/event-stream")
         text, finish, usage = "", None, None
-        async for kind, value in events:
+        async for kind, value in events.after(first):
             if kind == "text":
                 text += value
             elif kind == "finish":
@@ -183,25 +218,8 @@ class ChatServer:
             "usage": usage,
         }
 
-    def _admit(self):
-        """Count the request in, or refuse it with 429 when the generation and its queue are full; returns
-        the release to call once when the request ends (however it ends)."""
-        limit = self.cfg.max_batch_size + self.cfg.max_waiting
-        if self.admitted >= limit:
-            raise APIError(429, f"this replica is busy ({self.admitted} requests for {limit} places); retry shortly",
-                           code="overloaded", headers={"Retry-After": "1"})  # fmt: skip
-        self.admitted += 1
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if not done:
-                done, self.admitted = True, self.admitted - 1
-
-        return release
-
-    async def _inputs(self, body: ChatCompletionRequest) -> tuple[dict, int]:
-        """Checks that need no model first, then the prompt rendered as training rendered it."""
+    async def _checked(self, body: ChatCompletionRequest) -> tuple[list[dict], list[bytes], int]:
+        """Checks that need no model, then the messages parsed as the training reader parses them."""
         from vilaray.data.readers.messages import parse_messages
         from vilaray.data.readers.records import BadRecord
         from vilaray.data.tokenize import template_messages
@@ -221,53 +239,17 @@ class ChatServer:
         )
         if n_images > limits.max_images:
             raise APIError(400, f"{n_images} images, over max_images {limits.max_images}", "messages")
+
+        def to_image(ref: object) -> bytes:
+            return image_bytes(ref, limits, self.cfg.image_fetch)
+
         try:
-
-            def to_image(ref: object) -> bytes:
-                return image_bytes(ref, limits, self.cfg.image_fetch)
-
             # In a thread: an allowed http(s) image is fetched while parsing.
             canonical = await asyncio.to_thread(parse_messages, {"messages": raw}, to_image)
         except BadRecord as err:
             raise APIError(400, f"messages: {err}", "messages") from None
         messages, images = template_messages(canonical)
-        inputs = await asyncio.to_thread(self.model.chat_inputs, messages, images)
-        prompt = int(inputs["input_ids"].shape[1])
-        if self.model.context_length and prompt + cap > self.model.context_length:
-            raise APIError(400, f"prompt of {prompt} tokens + max_tokens {cap} exceeds the model's context of "
-                           f"{self.model.context_length}", "messages", "context_length_exceeded")  # fmt: skip
-        return inputs, cap
-
-    async def _generate(
-        self, inputs: dict, params, stops: list[str], release
-    ) -> AsyncIterator[tuple[str, object]]:
-        """("text", delta) events, then ("finish", (finish_reason, usage)); `release` when it ends."""
-        from vilaray.serve.reply import ReplyText
-
-        reply = ReplyText(self.model.tok, self.model.stop_ids, stops)
-        prompt = int(inputs["input_ids"].shape[1])
-        t0, first = time.perf_counter(), None
-        try:
-            tokens = self.batcher.stream(inputs, params)
-            try:
-                async for token in tokens:
-                    first = first or time.perf_counter()
-                    if delta := reply.add(token):
-                        yield "text", delta
-                    if reply.finish_reason is not None:
-                        break
-                else:  # the token cap
-                    if delta := reply.close():
-                        yield "text", delta
-            finally:
-                await tokens.aclose()
-        finally:
-            release()
-            end = time.perf_counter()
-            serve_metrics().reply(first and first - t0, reply.tokens, end - (first or end))
-        usage = {"prompt_tokens": prompt, "completion_tokens": reply.tokens,
-                 "total_tokens": prompt + reply.tokens}  # fmt: skip
-        yield "finish", (reply.finish_reason, usage)
+        return messages, images, cap
 
     async def _sse(self, events, reply_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:
         def chunk(delta: dict, finish: str | None) -> str:
@@ -287,21 +269,32 @@ class ChatServer:
                         body = {"id": reply_id, "object": "chat.completion.chunk", "created": created,
                                 "model": self.cfg.served_name, "choices": [], "usage": usage}  # fmt: skip
                         yield f"data: {json.dumps(body)}\n\n"
-        except Exception as err:  # the status line is sent: an error now goes out as an SSE event
-            yield f"data: {json.dumps(APIError(500, f'generation failed: {err}').body())}\n\n"
+        except APIError as err:  # the status line is sent: an error now goes out as an SSE event
+            yield f"data: {json.dumps(err.body())}\n\n"
+        except Exception as err:
+            yield f"data: {json.dumps(APIError(500, f'generation failed: {type(err).__name__}').body())}\n\n"
         yield "data: [DONE]\n\n"
 
 
 def build_app(config: dict) -> serve.Application:
-    """`serve run vilaray.serve.app:build_app model=...` and `serve/config.yaml` enter here."""
+    """`serve run vilaray.serve.app:build_app model=...` and `serve/config.yaml` enter here: the ingress
+    (HTTP) in front of the model replicas (autoscaled)."""
+    from vilaray.serve.model import ChatModel
+
     cfg = ServeConfig(**config)
     scale = cfg.autoscaling
-    return ChatServer.options(
+    model = ChatModel.options(
         autoscaling_config=scale.model_dump(),
-        # Past the replica's own queue Serve would answer 503 in plain text: let every request reach a
-        # replica (the generation, its queue, and room for /health and /v1/models) so the replica answers.
-        max_ongoing_requests=cfg.max_batch_size + cfg.max_waiting + 4,
+        # Requests past a replica's batch and queue get its own 429; Serve's limit sits above that, and its
+        # router queue above that answers BackPressureError, which the ingress turns into a 503 envelope.
+        max_ongoing_requests=cfg.max_ongoing_requests or cfg.max_batch_size + cfg.max_waiting + 4,
         max_queued_requests=cfg.max_queued_requests,
         graceful_shutdown_timeout_s=cfg.drain_timeout_s,
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
     ).bind(cfg.model_dump())
+    return ChatIngress.options(
+        num_replicas=cfg.ingress_replicas,
+        max_ongoing_requests=1024,
+        graceful_shutdown_timeout_s=cfg.drain_timeout_s,
+        ray_actor_options={"num_cpus": cfg.ingress_cpus},
+    ).bind(cfg.model_dump(), model)

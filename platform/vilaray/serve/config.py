@@ -62,8 +62,15 @@ class ServeConfig(_Strict):
     batch_wait_s: float = Field(0.005, ge=0)
     # Requests a replica holds behind its running batch; the next one gets 429 with Retry-After.
     max_waiting: int = Field(8, ge=0)
-    # Requests Serve's router holds while every replica is at its batch + max_waiting + 4 (then a plain-text 503).
+    # What Serve lets a replica hold (default: its batch + max_waiting + 4, so the replica answers 429 itself).
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    # Requests Serve's router holds while every replica is full; past them the ingress answers 503.
     max_queued_requests: int = Field(16, ge=-1)
+    # A request's whole reply must end within this (else 408, or an SSE error event once streaming).
+    request_timeout_s: float = Field(300.0, gt=0)
+    # The HTTP ingress in front of the model replicas: parsing, images, auth; light, so a fraction of a CPU.
+    ingress_replicas: int = Field(1, ge=1)
+    ingress_cpus: float = Field(0.1, ge=0)
     # On shutdown or a redeploy, a replica stops taking requests and lets in-flight ones finish this long.
     drain_timeout_s: float = Field(20.0, ge=0)
     # Bearer key: read from this environment variable or file, never written in the config itself.

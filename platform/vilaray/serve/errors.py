@@ -29,6 +29,10 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers
 
+    def __reduce__(self):
+        # Raised in a model replica and re-raised in the ingress: it must cross processes whole.
+        return APIError, (self.status, self.message, self.param, self.code, self.headers)
+
     def body(self) -> dict:
         kind = TYPES.get(self.status, "server_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
