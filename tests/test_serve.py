@@ -427,10 +427,11 @@ def test_overload_is_answered_429_with_retry_after_and_nothing_else(served):
     assert httpx.post(url, json=body, headers=headers, timeout=120).status_code == 200  # places freed
 
 
-def test_replicas_rise_under_sustained_load_and_fall_after(served):
+def test_replicas_follow_the_load_and_a_rollout_keeps_answering(served, tiny_run):
     """Autoscaling with test-sized delays: four clients that never pause hold more requests than one
     replica's target, so Serve starts a second (seen in `serve.status()`); once they stop, it goes back to
-    one."""
+    one. Then a new export (the pretrain stage's, under the same served name) is rolled out over the running
+    app, as `serve deploy` of a changed config does, while two clients keep asking: every request is answered."""
     import threading
 
     from ray import serve
@@ -477,6 +478,36 @@ def test_replicas_rise_under_sustained_load_and_fall_after(served):
             t.join(timeout=120)
     assert answered
     wait_for(1, 120)
+
+    statuses: list[int] = []
+
+    def ask_loop() -> None:
+        url = f"{served[0]}/scaling/v1/chat/completions"
+        while not stop.is_set():
+            body = {"model": NAME, "messages": ask(None, "hi"), "max_tokens": 4}
+            statuses.append(httpx.post(url, json=body, timeout=120).status_code)
+
+    stop.clear()
+    clients = [threading.Thread(target=ask_loop) for _ in range(2)]
+    for t in clients:
+        t.start()
+    try:
+        time.sleep(1)
+        serve.run(
+            build_app({**cfg, "model": str(tiny_run.exports["pretrain"])}),
+            name="scaling",
+            route_prefix="/scaling",
+        )
+        before = len(statuses)
+        deadline = time.monotonic() + 60
+        while len(statuses) < before + 2:  # answered by the new replicas too
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=120)
+    assert len(statuses) >= 4 and set(statuses) == {200}, statuses
     serve.delete("scaling")
 
 
