@@ -31,7 +31,7 @@ class ServeBenchConfig:
     concurrency: str = field(default="1,4,8,16", metadata={"help": "client concurrencies to sweep"})
     max_tokens: int = field(default=32, metadata={"help": "tokens per reply in the sweep"})
     max_batch_size: int = field(default=8, metadata={"help": "the batching side's max_batch_size"})
-    replica_cpus: float = field(default=1.0, metadata={"help": "CPUs each replica claims"})
+    replica_cpus: float = field(default=0.5, metadata={"help": "CPUs each model replica claims (two run)"})
     max_overhead_ms: float = field(default=10.0, metadata={"help": "goal: Serve's p50 overhead at most this"})
     min_scaling: float = field(
         default=2.5, metadata={"help": "goal: batched tokens/s at concurrency 8 over concurrency 1"}
@@ -211,10 +211,12 @@ def sweep_level(client, side: str, requests: list[list[dict]], concurrency: int,
 
 def run_serve_benchmark(cfg: ServeBenchConfig) -> ServeBenchReport:
     import openai
+    import ray
     from ray import serve
 
     from vilaray.bench.evals import tiny_model_and_world
     from vilaray.serve.app import build_app
+    from vilaray.serve.config import ServeConfig
 
     concurrencies = sorted({int(c) for c in cfg.concurrency.split(",")} | {1})
     model, world = tiny_model_and_world(cfg.root)
@@ -223,6 +225,12 @@ def run_serve_benchmark(cfg: ServeBenchConfig) -> ServeBenchReport:
     sweep_prompts = vqa_messages(world, cfg.requests)
     in_process = in_process_latency(model, latency_prompts)
 
+    # Both sides' replicas (model + ingress) must fit at once, or `serve.run` would wait for CPUs forever.
+    ingress_cpus = ServeConfig(model=model).ingress_cpus
+    need, have = 2 * (cfg.replica_cpus + ingress_cpus), ray.available_resources().get("CPU", 0.0)
+    if need > have:
+        raise ValueError(f"--replica-cpus {cfg.replica_cpus:g}: two sides need {need:g} CPUs, the cluster has "
+                         f"{have:g} free (lower --replica-cpus or raise --ray-cpus)")  # fmt: skip
     port = _free_port()
     started_here = not _serve_running()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -240,6 +248,10 @@ def run_serve_benchmark(cfg: ServeBenchConfig) -> ServeBenchReport:
             )
         clients = {side: openai.OpenAI(base_url=f"http://127.0.0.1:{port}/{app}/v1", api_key="x", max_retries=0,
                                        timeout=600) for side, app in apps.items()}  # fmt: skip
+        for client in clients.values():  # each replica's first request pays its warm-up, not the sweep
+            client.chat.completions.create(
+                model="bench", messages=sweep_prompts[0], max_tokens=2, temperature=0
+            )
         served = served_latency(clients[OFF], latency_prompts)
         levels = [
             sweep_level(clients[side], side, sweep_prompts, c, cfg.max_tokens)
