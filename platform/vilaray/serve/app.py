@@ -139,8 +139,8 @@ class Events:
             self.stream.cancel()
 
 
-# Defined above the ingress: `serve.ingress` freezes the app's routes (pickling their globals) when it
-# decorates the class, so names they use must exist by then.
+# `Events` (and everything else the routes use) is defined above the ingress: `serve.ingress` freezes a copy
+# of the app, its routes' globals pickled, when it decorates the class, so those names must exist by then.
 @serve.deployment
 @serve.ingress(app)
 class ChatIngress:
