@@ -605,6 +605,15 @@ def test_serve_command_answers_then_drains_on_sigterm(tiny_run, tmp_path):
         assert client.chat.completions.create(
             model=model, messages=ask(png(), "what color?"), max_tokens=4
         ).choices
+        # README's curl example, as written but for the port.
+        readme = (ROOT / "README.md").read_text()
+        curl = readme[readme.index("```bash\ncurl -s http://127.0.0.1:8123") + len("```bash\n") :].split(
+            "```"
+        )[0]
+        r = subprocess.run(
+            ["bash", "-c", curl.replace(":8123", f":{port}")], capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0 and json.loads(r.stdout)["choices"][0]["message"]["role"] == "assistant", r
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, "".join(lines) + out
