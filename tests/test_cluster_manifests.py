@@ -96,9 +96,15 @@ def test_rayservice_serves_serve_config_settings():
     args, local_args = ServeConfig(**service["args"]), ServeConfig(**local["args"])
     # The same limits and queueing; replicas on GPUs and more of them; the export on shared storage.
     assert args.limits == local_args.limits
-    assert (args.max_waiting, args.max_queued_requests, args.drain_timeout_s) == (
-        local_args.max_waiting, local_args.max_queued_requests, local_args.drain_timeout_s,
-    )  # fmt: skip
+    same = (
+        "max_batch_size",
+        "batch_wait_s",
+        "max_waiting",
+        "max_queued_requests",
+        "drain_timeout_s",
+        "request_timeout_s",
+    )
+    assert {k: getattr(args, k) for k in same} == {k: getattr(local_args, k) for k in same}
     assert args.num_gpus == 1 and args.autoscaling.max_replicas >= local_args.autoscaling.max_replicas
     assert Path(args.model).is_absolute() and args.model.startswith("/runs/")
     # The API key comes from a Secret in the replicas' environment, never from the config.
