@@ -84,16 +84,13 @@ def evaluate_stages(recipe, paths, exports: dict, world_root, limit: int):
 def ask_served(export: Path, world_root: Path) -> str:
     """One held-out VQA question about its image, asked of the SFT export through Ray Serve on this Ray and
     the `openai` client, as a user of `jobs/serve.py` would; Serve is shut down after."""
-    import socket
-
     import openai
     from ray import serve
     from vilaray.serve.app import build_app
+    from vilaray.serve.local import free_port
     from vilaray.serve.shapes import shapes_questions
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app({"model": str(export), "num_cpus": 0.5}), name="demo", route_prefix="/")

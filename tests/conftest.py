@@ -154,11 +154,9 @@ def tiny_run_sets(world: Path, assets: Path, run_root: Path) -> list[str]:
 
 def free_port() -> int:
     """A loopback port nobody listens on now (servers in tests bind 127.0.0.1 only)."""
-    import socket
+    from vilaray.serve.local import free_port as port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return port()
 
 
 def as_flags(overrides: list[str]) -> list[str]:

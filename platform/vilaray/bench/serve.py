@@ -146,19 +146,16 @@ def vqa_messages(world: str, n: int) -> list[list[dict]]:
 def in_process_latency(model_dir: str, requests: list[list[dict]]) -> Latency:
     """One-token replies through the replica's own steps (parse, render, process, the batcher) without
     Serve or HTTP."""
-    from vilaray.data.readers.messages import parse_messages
-    from vilaray.data.tokenize import template_messages
     from vilaray.evals.generate import EvalModel, SamplingParams
     from vilaray.serve.batching import Batcher
     from vilaray.serve.config import Limits
-    from vilaray.serve.images import image_bytes
+    from vilaray.serve.images import template_request
 
     model, limits = EvalModel(model_dir), Limits()
 
     async def one(batcher: Batcher, raw: list[dict]) -> float:
         t0 = time.perf_counter()
-        canonical = parse_messages({"messages": raw}, lambda ref: image_bytes(ref, limits))
-        inputs = model.chat_inputs(*template_messages(canonical))
+        inputs = model.chat_inputs(*template_request(raw, limits))
         async for _ in batcher.stream(inputs, SamplingParams(1)):
             pass
         return time.perf_counter() - t0
@@ -217,6 +214,7 @@ def run_serve_benchmark(cfg: ServeBenchConfig) -> ServeBenchReport:
     from vilaray.bench.evals import tiny_model_and_world
     from vilaray.serve.app import build_app
     from vilaray.serve.config import ServeConfig
+    from vilaray.serve.local import free_port, serve_running
 
     concurrencies = sorted({int(c) for c in cfg.concurrency.split(",")} | {1})
     model, world = tiny_model_and_world(cfg.root)
@@ -231,8 +229,8 @@ def run_serve_benchmark(cfg: ServeBenchConfig) -> ServeBenchReport:
     if need > have:
         raise ValueError(f"--replica-cpus {cfg.replica_cpus:g}: two sides need {need:g} CPUs, the cluster has "
                          f"{have:g} free (lower --replica-cpus or raise --ray-cpus)")  # fmt: skip
-    port = _free_port()
-    started_here = not _serve_running()
+    port = free_port()
+    started_here = not serve_running()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # One replica each, fixed: the sides differ in batching only. Queues long enough that no request of
     # the sweep is turned away.
@@ -266,22 +264,6 @@ def run_serve_benchmark(cfg: ServeBenchConfig) -> ServeBenchReport:
     report = ServeBenchReport(asdict(cfg), in_process, served, levels)
     report.failures = check(cfg, report)
     return report
-
-
-def _serve_running() -> bool:
-    """Whether this cluster already runs Serve (then the benchmark leaves it running)."""
-    from ray import serve
-
-    status = serve.status()  # empty when Serve has not started
-    return bool(status.proxies or status.applications)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 register(

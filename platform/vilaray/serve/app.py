@@ -220,10 +220,7 @@ class ChatIngress:
 
     async def _checked(self, body: ChatCompletionRequest) -> tuple[list[dict], list[bytes], int]:
         """Checks that need no model, then the messages parsed as the training reader parses them."""
-        from vilaray.data.readers.messages import parse_messages
-        from vilaray.data.readers.records import BadRecord
-        from vilaray.data.tokenize import template_messages
-        from vilaray.serve.images import image_bytes
+        from vilaray.serve.images import template_request
 
         limits = self.cfg.limits
         if body.model != self.cfg.served_name:
@@ -239,16 +236,8 @@ class ChatIngress:
         )
         if n_images > limits.max_images:
             raise APIError(400, f"{n_images} images, over max_images {limits.max_images}", "messages")
-
-        def to_image(ref: object) -> bytes:
-            return image_bytes(ref, limits, self.cfg.image_fetch)
-
-        try:
-            # In a thread: an allowed http(s) image is fetched while parsing.
-            canonical = await asyncio.to_thread(parse_messages, {"messages": raw}, to_image)
-        except BadRecord as err:
-            raise APIError(400, f"messages: {err}", "messages") from None
-        messages, images = template_messages(canonical)
+        # In a thread: an allowed http(s) image is fetched while parsing.
+        messages, images = await asyncio.to_thread(template_request, raw, limits, self.cfg.image_fetch)
         return messages, images, cap
 
     async def _sse(self, events, reply_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:

@@ -15,6 +15,21 @@ from vilaray.serve.config import ImageFetch, Limits
 from vilaray.serve.errors import APIError
 
 
+def template_request(
+    raw: list[dict], limits: Limits, fetch: ImageFetch | None = None
+) -> tuple[list[dict], list[bytes]]:
+    """A request's messages (as dicts) -> the chat template's messages and their images' bytes, parsed as the
+    `messages_jsonl` training reader parses them; a malformed message is a 400."""
+    from vilaray.data.readers.messages import parse_messages
+    from vilaray.data.tokenize import template_messages
+
+    try:
+        canonical = parse_messages({"messages": raw}, lambda ref: image_bytes(ref, limits, fetch))
+    except BadRecord as err:
+        raise APIError(400, f"messages: {err}", "messages") from None
+    return template_messages(canonical)
+
+
 def image_bytes(ref: object, limits: Limits, fetch: ImageFetch | None = None) -> bytes:
     """One `image_url.url` -> its bytes, checked to be a whole image within the limits."""
     if not isinstance(ref, str):
