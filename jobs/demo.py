@@ -3,6 +3,7 @@ table, and one question to the SFT export through Ray Serve."""
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import time
@@ -91,6 +92,11 @@ def ask_served(export: Path, world_root: Path) -> str:
     from vilaray.serve.shapes import shapes_questions
 
     port = free_port()
+    # Serve re-creates its driver logger's handlers when it starts (console included): a filter on the logger
+    # itself survives that and keeps its INFO lines (started, app ready) off the demo's console.
+    serve_logger, quiet = logging.getLogger("ray.serve"), logging.Filter()
+    quiet.filter = lambda record: record.levelno >= logging.WARNING
+    serve_logger.addFilter(quiet)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app({"model": str(export), "num_cpus": 0.5}), name="demo", route_prefix="/")
@@ -101,6 +107,7 @@ def ask_served(export: Path, world_root: Path) -> str:
         reply = client.chat.completions.create(model="sft", messages=q.messages, max_tokens=16, temperature=0)
     finally:
         serve.shutdown()
+        serve_logger.removeFilter(quiet)
     return f"[demo] asked through Ray Serve + openai about {q.image.name}: {q.question!r} -> {reply.choices[0].message.content!r}"
 
 

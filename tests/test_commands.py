@@ -137,13 +137,16 @@ def test_benchmark_commands_parse(bench):
 
 
 @pytest.mark.slow
-def test_demo_ends_with_one_question_through_serve(ray_session, tiny_run, small_world_dir):
+def test_demo_ends_with_one_question_through_serve(ray_session, tiny_run, small_world_dir, capfd):
     """`make demo`'s last step on the session's SFT export: Serve up on this Ray, one held-out VQA question
-    with its image through the `openai` client, Serve down again."""
+    with its image through the `openai` client, Serve down again, and none of Serve's own lines on the
+    console."""
     import demo
     from ray import serve
 
     line = demo.ask_served(tiny_run.exports["sft"], small_world_dir)
+    printed = capfd.readouterr()
+    assert "Started Serve" not in printed.err + printed.out and "is ready at" not in printed.err + printed.out
     assert line.startswith("[demo] asked through Ray Serve + openai about shapes_val_"), line
     answer = line.rsplit(" -> ", 1)[1]
     assert answer.strip("'\"")
