@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import _bootstrap  # noqa: F401
+from vilaray.compose import recipe_data
 from vilaray.config import load_recipe
 from vilaray.console import point_to_logs_on_failure
 from vilaray.data.prepare import format_report, prepare
@@ -129,7 +130,8 @@ def main(argv=None) -> int:
     phases.done("world + tiny assets")
     with point_to_logs_on_failure(paths.run_dir):
         # A look at the pretrain mixture: its first rows through the same pipeline the stage streams from.
-        result = prepare(recipe, paths.run_dir, stage="pretrain", max_rows=PREPARE_ROWS)
+        about = {"recipe": recipe.name, "stage": "pretrain"}
+        result = prepare(recipe_data(recipe, "pretrain"), paths.run_dir, max_rows=PREPARE_ROWS, about=about)
         print(format_report(result.stats))
         phases.done(f"first {PREPARE_ROWS} pretrain rows through Ray Data ({result.out_dir})")
 
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
             fresh_run(paths, STAGES)
         exports = {}
         for stage in STAGES:
-            exports |= run_stages(recipe, [stage], paths)
+            exports[stage] = run_stages(recipe, [stage], paths)[stage].export
             phases.done(f"stage {stage}")
         for stage in STAGES:
             print(f"[demo] {stage:<8} {loss_curve(paths.run_dir / stage)}")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import _bootstrap  # noqa: F401
+from vilaray.compose import recipe_data
 from vilaray.config import RecipeError, load_recipe
 from vilaray.console import point_to_logs_on_failure
 from vilaray.data.prepare import format_report, prepare
@@ -37,7 +38,9 @@ def main(argv=None) -> int:
     init_job(run_dir, args.address)
     try:
         with point_to_logs_on_failure(run_dir):
-            result = prepare(recipe, run_dir, args.max_rows, args.rows_per_shard, stage=args.stage)
+            planned = recipe_data(recipe, args.stage)
+            about = {"recipe": recipe.name, "stage": args.stage}
+            result = prepare(planned, run_dir, args.max_rows, args.rows_per_shard, about=about)
     except (SourceError, RecipeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

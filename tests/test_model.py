@@ -7,9 +7,10 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 from pydantic import ValidationError
-from vilaray.model.build import build_model, build_on_meta, load_vlm
+from vilaray.model.build import build_model, load_vlm
 from vilaray.model.freeze import apply_schedule, param_groups
 from vilaray.model.inputs import pixels_to_model, shifted_token_losses
+from vilaray.model.meta import build_on_meta
 from vilaray.model.spec import ComponentSchedule, FreezeSchedule, ModelSpec
 from vilaray.model.vlm import ImageTokenMismatch, keeps_logits_by_mask
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from _formats import jsonl_bytes, llava_record, mmc4_doc, png, write_images, write_json, write_parquet
 from conftest import base_recipe
+from vilaray.compose import recipe_data
 from vilaray.config import recipe_from_dict
 from vilaray.data.prepare import prepare
 from vilaray.data.sample import SourceError
@@ -122,7 +123,7 @@ def test_bad_records_counted_quarantined_and_good_kept(
 ):
     root, good, expected = dirty_corpus
     recipe = recipe_from_dict(dirty_recipe(root, world_dir, assets_dir, tmp_path))
-    result = prepare(recipe, tmp_path / "run")
+    result = prepare(recipe_data(recipe), tmp_path / "run")
 
     kept: dict[str, set[str]] = {}
     for shard in result.shards:
@@ -150,7 +151,7 @@ def test_unreadable_source_fails_fast_naming_path_and_format(
         raw["data"]["sources"]["interleaved"] = {"format": "obelics_parquet", "paths": ["text"]}
         needle = ("text", "obelics_parquet")
     with pytest.raises(SourceError) as err:
-        prepare(recipe_from_dict(raw), tmp_path / "run")
+        prepare(recipe_data(recipe_from_dict(raw)), tmp_path / "run")
     assert all(n in str(err.value) for n in needle)
     assert not list((tmp_path / "run").glob("prepared/shard-*"))
 
@@ -187,14 +188,13 @@ def test_mixture_streams_into_torchtrainer_with_token_shares(
 ):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from vilaray.data.pipeline import build_mixture
     from vilaray.data.quarantine import QuarantineActor
 
     raw = base_recipe(small_world_dir, assets_dir, tmp_path, seq_len=256, encode_cpus=0.5, block_rows=4)
     for name, epochs in {"pairs": 10, "interleaved": 10, "text": 10}.items():
         raw["data"]["sources"][name]["epochs"] = epochs
     recipe = recipe_from_dict(raw)
-    mixture = build_mixture(recipe, QuarantineActor.remote(None, 0))
+    mixture = recipe_data(recipe).mixture(QuarantineActor.remote(None, 0))
     rows, batch_size = 10_000, 8
     trainer = TorchTrainer(
         stream_loop,

@@ -317,8 +317,8 @@ def test_max_tokens_and_stop_strings(client, vqa):
 
 
 def test_served_reply_is_the_eval_harness_reply(client, vqa, tmp_path, local_model):
-    from vilaray.evals.generate import first_reply
     from vilaray.evals.prompts import PromptItem
+    from vilaray.evals.turns import first_line
 
     model = local_model
     for k, (image, question) in enumerate(vqa[:4]):
@@ -334,7 +334,7 @@ def test_served_reply_is_the_eval_harness_reply(client, vqa, tmp_path, local_mod
             .choices[0]
             .message.content
         )
-        assert first_reply(served_text) == harness
+        assert first_line(served_text) == harness
 
 
 BAD = {

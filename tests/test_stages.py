@@ -87,6 +87,11 @@ def test_stage_without_previous_export_is_refused_before_work(ray_session, world
     recipe = tiny(world_dir, assets_dir, tmp_path)
     with pytest.raises(RecipeError, match="align.*export, which does not exist"):
         run_stage(recipe, "pretrain", run_paths(recipe, "orphan", None))
+    # The first stage started from an export instead (a Tune trial's `start_from`) must find it too.
+    with pytest.raises(
+        RecipeError, match=f"'align' starts from the export it was given.*{tmp_path / 'gone'}"
+    ):
+        run_stage(recipe, "align", run_paths(recipe, "orphan", None), start_from=tmp_path / "gone")
     assert not (tmp_path / "orphan" / "pretrain" / "metrics.jsonl").exists()
 
 

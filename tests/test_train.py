@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,11 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from _training_eval import assert_eval_matches_export
 from conftest import SUITE, base_recipe
+from ray.train import UserCallback
+from vilaray.compose import recipe_data
 from vilaray.config import recipe_from_dict
 from vilaray.data.holdout import held_out
 from vilaray.data.prepare import prepare
 from vilaray.train.faults import FaultPlan
-from vilaray.train.runner import run_paths, run_stage
+from vilaray.train.runner import StageResult, run_paths, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +62,10 @@ def stage_recipe(
     }
 
 
-def run(raw: dict, run_name: str, **kw):
+def run(raw: dict, run_name: str, **kw) -> StageResult:
     """The stage through `run_stage`: Ray Train by default, `launcher="local"` for one rank in this process."""
     recipe = recipe_from_dict(raw)
-    paths = run_paths(recipe, run_name, None)
-    run_stage(recipe, "align", paths, record_sample_ids=True, **kw)
-    return paths.run_dir / "align"
+    return run_stage(recipe, "align", paths=run_paths(recipe, run_name, None), record_sample_ids=True, **kw)
 
 
 def metrics(stage_dir: Path) -> dict[int, dict]:
@@ -88,11 +89,35 @@ def sample_ids(stage_dir: Path) -> dict[int, list[str]]:
 @pytest.fixture(scope="module")
 def shared_prepared(ray_session, world_dir, assets_dir, tmp_path_factory):
     """One prepared (deterministic) mixture every run in this module trains on, and the single-process
-    reference: the same trainer as one rank in this process (no Ray Train), DeepSpeed without ZeRO."""
+    reference: the same trainer as one rank in this process (no Ray Train), DeepSpeed without ZeRO.
+    Every reader's `plan` is counted through the stage (validation, preparation, provenance included)."""
+    from vilaray.data.readers import READERS
+
     root = tmp_path_factory.mktemp("train")
     raw = stage_recipe(world_dir, assets_dir, root, {"num_workers": 1, "zero_stage": 0})
-    stage_dir = run(raw, "single", launcher="local")
-    return root, stage_dir
+    plans: Counter = Counter()
+
+    def counted(plan):
+        def wrapper(source, *args, **kw):
+            plans[source] += 1
+            return plan(source, *args, **kw)
+
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        for reader in READERS.values():
+            mp.setattr(reader, "plan", counted(reader.plan))
+        result = run(raw, "single", launcher="local")
+    return root, result.stage_dir, result, plans
+
+
+def test_local_stage_plans_each_source_once_and_returns_its_result(shared_prepared):
+    _, stage_dir, result, plans = shared_prepared
+    assert plans == {"pairs": 1, "text": 1}
+    assert (stage_dir / "validation.json").is_file() and (stage_dir / "prepared" / "stats.json").is_file()
+    assert result.export == stage_dir / "export" and (result.export / "config.json").is_file()
+    assert result.metrics["step"] == STEPS and result.metrics["loss"] == metrics(stage_dir)[STEPS]["loss"]
+    assert result.checkpoint.name == f"checkpoint_{STEPS:06d}"
 
 
 def copy_prepared(src_stage_dir: Path, root: Path, run_name: str) -> None:
@@ -117,21 +142,43 @@ def zero_runs(shared_prepared, world_dir, assets_dir):
     """The same 20 steps as the single process, on 2 ranks: ZeRO-2 with rank 1 SIGKILLed before step 7
     (restarted by FailureConfig), and ZeRO-3 (with CPU offload and activation checkpointing) stopped at
     step 10 by `stop_at_step` and resumed by a second submission of the same run."""
-    root, single = shared_prepared
+    root, single = shared_prepared[:2]
     out = {"single": single}
     copy_prepared(single, root, "zero2")
     train = {"num_workers": 2, "zero_stage": 2, "micro_batch_size": 2, "max_failures": 1}
     out["zero2"] = run(
         stage_recipe(world_dir, assets_dir, root, train), "zero2", faults=FaultPlan(sigkill_at=7)
-    )
+    ).stage_dir
     # Offloading optimizer states and parameters and checkpointing activations may not change the math.
     copy_prepared(single, root, "zero3")
     train = {"num_workers": 2, "zero_stage": 3, "micro_batch_size": 2, "offload_optimizer": True,
              "offload_params": True, "activation_checkpointing": True}  # fmt: skip
     half = run(stage_recipe(world_dir, assets_dir, root, {**train, "stop_at_step": STEPS // 2}), "zero3")
-    out["zero3_half"] = {"last_step": max(metrics(half)), "exported": (half / "export").exists()}
-    out["zero3"] = run(stage_recipe(world_dir, assets_dir, root, train), "zero3")
+    out["zero3_half"] = {
+        "last_step": max(metrics(half.stage_dir)),
+        "exported": (half.stage_dir / "export").exists(),
+    }
+    out["zero3_half_result"] = half
+    seen = root / "zero3-callback.jsonl"
+    out["zero3_result"] = run(
+        stage_recipe(world_dir, assets_dir, root, train), "zero3", callbacks=[StepLog(str(seen))]
+    )
+    out["zero3"] = out["zero3_result"].stage_dir
+    out["zero3_callback"] = [json.loads(x) for x in seen.read_text().splitlines()]
     return out
+
+
+class StepLog(UserCallback):
+    """A Train callback as Tune adds one (it runs in the Train controller): every report's step and loss
+    as rank 0 sent them, and whether a checkpoint came with it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "a") as f:
+            rec = {"step": metrics[0]["step"], "loss": metrics[0].get("loss"), "ckpt": checkpoint is not None}
+            f.write(json.dumps(rec) + "\n")
 
 
 def test_zero2_and_zero3_match_single_process(zero_runs):
@@ -167,6 +214,17 @@ def test_deterministic_resume_matches_straight_run(zero_runs):
     assert rows_by_step(zero_runs["zero3"]) == rows_by_step(zero_runs["single"])
     assert abs(resumed[STEPS]["loss"] - straight[STEPS]["loss"]) < LOSS_TOL
     assert (zero_runs["zero3"] / "export" / "config.json").is_file()
+    # What `run_stage` hands back (a Tune trial reads it): no export while paused, then the export, the
+    # last report and Ray Train's latest checkpoint; the added Train callback saw every report of the
+    # second submission (steps 11-20: checkpoints at 15 and 20, validation at 20; the trainer reports
+    # only those) with the losses the metrics file holds.
+    half, done = zero_runs["zero3_half_result"], zero_runs["zero3_result"]
+    assert half.export is None and half.metrics["step"] == STEPS // 2 and half.checkpoint is not None
+    assert done.export == zero_runs["zero3"] / "export" and done.metrics["step"] == STEPS
+    assert "val_loss" in done.metrics and done.checkpoint.path != half.checkpoint.path
+    seen = zero_runs["zero3_callback"]
+    assert [(r["step"], r["ckpt"]) for r in seen] == [(15, True), (20, True)]
+    assert all(r["loss"] == resumed[r["step"]]["loss"] for r in seen)
 
 
 def test_sigkilled_worker_resumes_from_checkpoint_on_the_next_samples(zero_runs):
@@ -194,7 +252,7 @@ def test_zero3_lora_downsample_text_only_rank_and_export_parity(ray_session, wor
     freeze = {"projector": {"mode": "full"}, "language_model": {"mode": "lora", "r": 4, "alpha": 8}}
     # The mixture's first rows for this model (16 image tokens per image), prepared without training.
     base = recipe_from_dict(stage_recipe(world_dir, assets_dir, tmp_path, {}, freeze, model))
-    prep = prepare(base, tmp_path / "prep", max_rows=160, stage="align")
+    prep = prepare(recipe_data(base, "align"), tmp_path / "prep", max_rows=160)
     # Rewrite the prepared rows so that with 2 ranks x 1 row, rank 0 gets image rows and rank 1 text rows.
     table = pa.concat_tables([pq.read_table(p) for p in prep.shards])
     rows = table.to_pylist()
@@ -224,7 +282,7 @@ def test_zero3_lora_downsample_text_only_rank_and_export_parity(ray_session, wor
         "batch_size": 2,
         **evaluation,
     }
-    stage_dir = run(raw, "z3")
+    stage_dir = run(raw, "z3").stage_dir
     assert len(metrics(stage_dir)) == n
     assert_eval_matches_export(stage_dir, n, evaluation, world_dir)
     per_rank = {
@@ -244,11 +302,11 @@ def test_nonfinite_loss_skip_records_and_stop_names_the_step(shared_prepared, wo
     (accumulation stays aligned), recorded and counted, and the run finishes; `stop` (a Ray Train worker):
     the run fails naming the step, and the worker's error reaches the driver. Both train on the module's
     prepared rows."""
-    root, single = shared_prepared
+    root, single = shared_prepared[:2]
     copy_prepared(single, root, "skip")
     train = {"num_workers": 1, "max_steps": 4, "grad_accum": 2, "micro_batch_size": 1, "on_nonfinite": "skip"}
     raw = stage_recipe(world_dir, assets_dir, root, train)
-    stage_dir = run(raw, "skip", faults=FaultPlan(nonfinite_at=[3]), launcher="local")
+    stage_dir = run(raw, "skip", faults=FaultPlan(nonfinite_at=[3]), launcher="local").stage_dir
     rows = metrics(stage_dir)
     assert [rows[s]["nonfinite_skipped"] for s in (1, 2, 3, 4)] == [0, 0, 1, 1]
     assert all(math.isfinite(r["loss"]) for r in rows.values())
@@ -270,12 +328,12 @@ def test_stop_at_step_and_resume_in_one_process(shared_prepared, world_dir, asse
     """The trainer's resume accounting without Ray Train: `stop_at_step` checkpoints and ends an invocation
     without an export or a change of LR schedule; the next invocation of the same run resumes from that
     checkpoint on exactly the rows the single-process run took next, to its losses."""
-    root, single = shared_prepared
+    root, single = shared_prepared[:2]
     copy_prepared(single, root, "resume")
     train = {"num_workers": 1, "zero_stage": 0}
     for stop in (3, 6):
         raw = stage_recipe(world_dir, assets_dir, root, {**train, "stop_at_step": stop})
-        stage_dir = run(raw, "resume", launcher="local")
+        stage_dir = run(raw, "resume", launcher="local").stage_dir
         resumed = metrics(stage_dir)
         assert sorted(resumed) == list(range(1, stop + 1)) and not (stage_dir / "export").exists()
     straight = metrics(single)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from _training_eval import SUITE
 from conftest import base_recipe
+from vilaray.compose import recipe_data
 from vilaray.config import EvaluationConfig, RecipeError, recipe_from_dict
 from vilaray.train.evaluation import build_eval_bundle
 
@@ -16,7 +17,7 @@ def recipe(world_dir, assets_dir, tmp_path, seq_len: int):
 def test_prompts_encoded_like_training_rows(world_dir, assets_dir, tmp_path):
     r = recipe(world_dir, assets_dir, tmp_path, 1024)
     cfg = EvaluationConfig(every=1, suite=str(SUITE), data_root=str(world_dir), limit=4, shots=[0, 4])
-    bundle = build_eval_bundle(r, r.data, cfg)
+    bundle = build_eval_bundle(recipe_data(r).spec, cfg)
     assert [t.task.name for t in bundle.tasks] == ["shapes_vqa", "shapes_captions", "shapes_text_mc"]
     assert len(bundle.prompts) == 3 * 2 * 4 and not any(bundle.skipped.values())
     from transformers import AutoTokenizer
@@ -35,7 +36,7 @@ def test_prompt_that_does_not_fit_is_counted_and_unknown_task_refused(world_dir,
     cfg = EvaluationConfig(
         every=1, suite=str(SUITE), data_root=str(world_dir), limit=3, shots=[0, 4], tasks=["shapes_vqa"]
     )
-    bundle = build_eval_bundle(r, r.data, cfg)
+    bundle = build_eval_bundle(recipe_data(r).spec, cfg)
     assert bundle.skipped == {"shapes_vqa": 3} and len(bundle.prompts) == 3
     with pytest.raises(RecipeError, match=r"evaluation.tasks: \['nope'\] not in"):
-        build_eval_bundle(r, r.data, cfg.model_copy(update={"tasks": ["nope"]}))
+        build_eval_bundle(recipe_data(r).spec, cfg.model_copy(update={"tasks": ["nope"]}))

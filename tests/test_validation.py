@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import base_recipe
+from vilaray.compose import recipe_data
 from vilaray.config import RecipeError, load_recipe, recipe_from_dict
 from vilaray.data.holdout import held_out
 from vilaray.train.validation import build_validation_rows
@@ -22,14 +23,14 @@ def test_validation_rows_hold_only_held_out_samples_of_every_source(world_dir, a
     raw = base_recipe(world_dir, assets_dir, tmp_path, seq_len=256)
     raw["data"]["holdout"] = 0.1
     recipe = recipe_from_dict(raw)
-    table, found = build_validation_rows(recipe, recipe.data, rows_per_source=3)
+    table, found = build_validation_rows(recipe_data(recipe), rows_per_source=3)
     rows = table.to_pylist()
     assert set(found) == set(recipe.data.weights())
     assert all(0 < f["rows"] <= 3 and f["loss_tokens"] > 0 for f in found.values()), found
     assert {r["source"] for r in rows} == set(found) and len(rows) == sum(f["rows"] for f in found.values())
     ids = [i for r in rows for i in r["sample_ids"]]
     assert ids and all(held_out(i, 0.1) for i in ids)
-    again, _ = build_validation_rows(recipe, recipe.data, rows_per_source=3)
+    again, _ = build_validation_rows(recipe_data(recipe), rows_per_source=3)
     assert again.equals(table)  # the same rows on every call: validation curves compare across runs
 
 

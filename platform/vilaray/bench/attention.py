@@ -10,14 +10,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from vilaray.bench import Benchmark, register
-from vilaray.bench.train import (
+from vilaray.bench.steps import (
     SHAPES,
     Measured,
     Workload,
-    _choice,
-    _device_inputs,
-    _loss_sum,
+    bench_loss_sum,
     bench_model,
+    choice,
+    device_inputs,
     time_steps,
     world_doc_lengths,
 )
@@ -129,9 +129,9 @@ def measure(
     def step(batch: dict) -> float:
         labels = batch["labels"].to(device)
         if variant.loss_positions:
-            loss_sum, n = _loss_sum(model(**_device_inputs(batch, device), labels=labels), labels)
+            loss_sum, n = bench_loss_sum(model(**device_inputs(batch, device), labels=labels), labels)
         else:
-            logits = model(**_device_inputs(batch, device)).logits
+            logits = model(**device_inputs(batch, device)).logits
             loss_sum, n = shifted_token_losses(logits, labels).sum(), int((labels[:, 1:] != -100).sum())
         (loss_sum / n).backward()
         model.zero_grad(set_to_none=True)
@@ -146,7 +146,7 @@ def run_variants(
 ) -> VariantsReport:
     """Every variant on the same rows, packed and not; `check(cfg, report)` gives the failed floors."""
     shape = SHAPES.get(cfg.shape)
-    packing = [_choice("packing", p, {"on": True, "off": False}) for p in cfg.packing.split(",")]
+    packing = [choice("packing", p, {"on": True, "off": False}) for p in cfg.packing.split(",")]
     work = Workload(shape(), variants[0].attn, cfg.rows, cfg.seq_len, cfg.steps, cfg.warmup,
                     world_doc_lengths(cfg.lengths_root, cfg.seed), H100_BF16_TFLOPS, cfg.seed)  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,14 +14,14 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import ray
 
-from vilaray.config import DataConfig, Recipe, RecipeError, SourceConfig
+from vilaray.config import DataConfig, RecipeError, SourceConfig
 from vilaray.data import schema
 from vilaray.data.arrow import rows_to_table
 from vilaray.data.holdout import held_out
@@ -65,17 +65,13 @@ class PipelineSpec:
         return SampleEncoder(TextTokenizer(self.tokenizer_dir), self.geometry, self.encode)
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, data: DataConfig | None = None) -> PipelineSpec:
-        from vilaray.model.build import spec_geometry
-
-        data = data or recipe.data_for(None)
-        tok_dir = recipe.model.tokenizer or recipe.model.path or recipe.model.llm.path
-        geometry = spec_geometry(recipe.model)
-        tok = TextTokenizer(tok_dir)
+    def build(cls, data: DataConfig, tokenizer_dir: str, geometry: ImageGeometry) -> PipelineSpec:
+        """The spec for `data` served to a model with this tokenizer and image geometry."""
+        tok = TextTokenizer(tokenizer_dir)
         if tok.pad_token_id is None:
-            raise ValueError(f"tokenizer {tok_dir} has no pad token")
+            raise ValueError(f"tokenizer {tokenizer_dir} has no pad token")
         return cls(
-            tokenizer_dir=str(tok_dir),
+            tokenizer_dir=str(tokenizer_dir),
             geometry=geometry,
             encode=EncodeConfig(
                 data.seq_len, data.max_images_per_doc, data.max_image_pixels, data.max_doc_chars
@@ -265,12 +261,34 @@ class Mixture:
         }
 
 
-def build_mixture(recipe: Recipe, ledger, data: DataConfig | None = None) -> Mixture:
-    """Plan every source (failing fast on unreadable ones), build each source's stream and mix them."""
-    data = data or recipe.data_for(None)
-    spec = PipelineSpec.from_recipe(recipe, data)
+@dataclass(frozen=True)
+class PlannedData:
+    """A data section with its pipeline spec and every source's shards, planned once: what the mixture,
+    the prepared shards, the held-out rows and the benchmarks all read (`vilaray.compose` builds it)."""
+
+    config: DataConfig
+    spec: PipelineSpec
+    plans: dict[str, list[Shard]]
+
+    @classmethod
+    def plan(cls, data: DataConfig, spec: PipelineSpec) -> PlannedData:
+        """Plan every weighted source, failing on an unreadable one before any work starts."""
+        return cls(data, spec, {name: plan_source(name, data.sources[name], data) for name in data.weights()})
+
+    def files(self) -> list[str]:
+        return [sh.path for shards in self.plans.values() for sh in shards]
+
+    def split(self, split: Literal["train", "validation"]) -> PlannedData:
+        return replace(self, spec=replace(self.spec, split=split))
+
+    def mixture(self, ledger) -> Mixture:
+        return build_mixture(self, ledger)
+
+
+def build_mixture(planned: PlannedData, ledger) -> Mixture:
+    """Each source's stream, weighted by tokens and mixed."""
+    data, spec, plans = planned.config, planned.spec, planned.plans
     token_weights = data.weights()
-    plans = {name: plan_source(name, data.sources[name], data) for name in token_weights}
     # `mix` balances rows; a source whose rows are less full needs proportionally more rows to reach
     # its token share, so row weights are token weights divided by each source's packing efficiency.
     eff = {name: pilot_efficiency(shards, spec, data.pack_window) for name, shards in plans.items()}

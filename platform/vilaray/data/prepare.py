@@ -9,9 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import ray
 
-from vilaray.config import Recipe
 from vilaray.data import schema
-from vilaray.data.pipeline import Mixture, build_mixture
+from vilaray.data.pipeline import Mixture, PlannedData
 from vilaray.data.quarantine import QuarantineActor
 from vilaray.data.stats import StreamStats
 
@@ -24,14 +23,15 @@ class PrepareResult:
 
 
 def prepare(
-    recipe: Recipe,
+    planned: PlannedData,
     run_dir: Path,
     max_rows: int | None = None,
     rows_per_shard: int = 1024,
     verbose: bool = False,
-    stage: str | None = None,
+    about: dict | None = None,
 ) -> PrepareResult:
-    """Stream the mixture once and write it as `shard-00000.parquet`... under `<run_dir>/prepared`.
+    """Stream the mixture once and write it as `shard-00000.parquet`... under `<run_dir>/prepared`; `about`
+    (recipe name, stage) heads the statistics.
 
     Execution preserves order, so for the same recipe and seed the shards hold the same rows in the same
     order: the deterministic input that exact resumption in training builds on.
@@ -40,9 +40,9 @@ def prepare(
     prev_order = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True
     try:
-        data = recipe.data_for(stage)
+        data = planned.config
         ledger = QuarantineActor.remote(str(run_dir), data.quarantine_samples)
-        mixture = build_mixture(recipe, ledger, data)
+        mixture = planned.mixture(ledger)
         out_dir = run_dir / "prepared"
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob("shard-*.parquet"):
@@ -54,8 +54,7 @@ def prepare(
     finally:
         ctx.execution_options.preserve_order = prev_order
     report = {
-        "recipe": recipe.name,
-        "stage": stage,
+        **(about or {}),
         "seed": data.seed,
         "max_rows": max_rows,
         "seq_len": data.seq_len,

@@ -13,13 +13,7 @@ from pathlib import Path
 import torch
 
 from vilaray.evals.prompts import PromptItem
-
-END_OF_TURN = "<|im_end|>"
-
-
-def first_reply(text: str) -> str:
-    """The reply up to the end of its turn, first line only (a chatty model may go on)."""
-    return text.split(END_OF_TURN, 1)[0].strip().split("\n", 1)[0].strip()
+from vilaray.evals.turns import end_of_turn_ids, reply_text
 
 
 class EvalModel:
@@ -35,12 +29,12 @@ class EvalModel:
         self.processor = AutoProcessor.from_pretrained(str(model_dir))
         self.tok = self.processor.tokenizer
         self.tok.padding_side = "left"  # every prompt ends where generation starts
-        stops = {self.tok.eos_token_id, self.tok.convert_tokens_to_ids(END_OF_TURN)}
-        # The export's generation_config names its end-of-turn ids (a Llama-2 template ends turns otherwise).
+        # The chat template's turn end, the tokenizer's eos and whatever the export's generation_config adds.
         eos = getattr(self.model.generation_config, "eos_token_id", None)
-        stops |= set(eos if isinstance(eos, list) else [eos])
-        self.stop_ids = sorted(
-            i for i in stops if isinstance(i, int) and i >= 0 and i != self.tok.unk_token_id
+        self.stop_ids = end_of_turn_ids(
+            self.tok,
+            lambda messages: self.processor.apply_chat_template(messages, tokenize=False),
+            eos if isinstance(eos, list) else [eos],
         )
         self.context_length = int(getattr(self.model.config.get_text_config(), "max_position_embeddings", 0))
 
@@ -70,8 +64,8 @@ class EvalModel:
             eos_token_id=self.stop_ids,
             pad_token_id=self.tok.pad_token_id,
         )
-        new = out[:, inputs["input_ids"].shape[1] :]
-        return [first_reply(t) for t in self.tok.batch_decode(new, skip_special_tokens=False)]
+        new = out[:, inputs["input_ids"].shape[1] :].tolist()
+        return [reply_text(self.tok, ids, self.stop_ids) for ids in new]
 
     @torch.no_grad()
     def choice_logliks(self, item: PromptItem) -> list[float]:

@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from vilaray.model.geometry import ImageGeometry
 from vilaray.model.packed_attention import PACKED_SDPA
 from vilaray.model.projectors import PROJECTORS, Projector
 from vilaray.model.spec import ComponentSource, ModelSpec
@@ -127,7 +126,7 @@ def vision_config_of(config):
     return getattr(config, "vision_config", None) or config
 
 
-def _tower_class(vision_config):
+def tower_class(vision_config):
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     return MODEL_MAPPING[type(vision_config)]
@@ -147,9 +146,9 @@ def load_tower(source: ComponentSource, dtype: torch.dtype, attn: str | None = N
 
     if source.config is not None:
         vc = vision_config_of(inline_config(source.config))
-        return _tower_class(vc)._from_config(vc, **_from_pretrained_kwargs(dtype, attn))
+        return tower_class(vc)._from_config(vc, **_from_pretrained_kwargs(dtype, attn))
     vc = vision_config_of(AutoConfig.from_pretrained(source.path))
-    return _tower_class(vc).from_pretrained(source.path, config=vc, **_from_pretrained_kwargs(dtype, attn))
+    return tower_class(vc).from_pretrained(source.path, config=vc, **_from_pretrained_kwargs(dtype, attn))
 
 
 def load_llm(source: ComponentSource, dtype: torch.dtype, attn: str | None = None) -> nn.Module:
@@ -247,7 +246,7 @@ def saved_model_type(path: str | Path) -> str:
     return model_type
 
 
-def _check_projector_fits(projector: nn.Module, vision_hidden: int, text_hidden: int, where: str) -> None:
+def check_projector_fits(projector: nn.Module, vision_hidden: int, text_hidden: int, where: str) -> None:
     """The projector's first layer must read the tower's width (x4 for 2x2 merging) and its last layer
     write the LM's width."""
     linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
@@ -296,7 +295,7 @@ def weights_file(path: str) -> str:
 
 def _parts_from_dir(spec: ModelSpec, dtype: torch.dtype) -> tuple[Parts, Any, Any]:
     parts = SAVED_FORMATS.get(saved_model_type(spec.path))(spec.path, dtype, spec.attn_implementation)
-    tokenizer = load_tokenizer(spec.tokenizer or spec.path, spec.image_token)
+    tokenizer = load_tokenizer(spec.tokenizer_dir, spec.image_token)
     if image_token_id(tokenizer, spec.image_token) != parts.image_token_id:
         raise ValueError(
             f"{spec.path}: the model's image token id {parts.image_token_id} is not the tokenizer's "
@@ -317,10 +316,7 @@ def _parts_from_dir(spec: ModelSpec, dtype: torch.dtype) -> tuple[Parts, Any, An
 def _parts_from_components(spec: ModelSpec, dtype: torch.dtype) -> tuple[Parts, Any, Any]:
     tower = load_tower(spec.vision, dtype, spec.attn_implementation)
     lm = load_llm(spec.llm, dtype, spec.attn_implementation)
-    tok_path = spec.tokenizer or spec.llm.path
-    if tok_path is None:
-        raise ValueError("an inline LLM config needs model.tokenizer")
-    tokenizer = load_tokenizer(tok_path, spec.image_token)
+    tokenizer = load_tokenizer(spec.tokenizer_dir, spec.image_token)
     if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
         lm.resize_token_embeddings(len(tokenizer))
     projector = fresh_projector(spec.projector, tower.config.hidden_size, lm.config.hidden_size).to(dtype)
@@ -337,7 +333,7 @@ def build_model(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> BuiltVLM
     tower, lm = parts.vision_tower, parts.language_model
     if spec.attn_implementation is None:
         lm.set_attn_implementation(PACKED_SDPA)
-    _check_projector_fits(
+    check_projector_fits(
         parts.projector, tower.config.hidden_size, lm.config.hidden_size, spec.path or "model"
     )
     model = VisionLanguageModel(
@@ -354,103 +350,3 @@ def build_model(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> BuiltVLM
 def load_vlm(path: str | Path, dtype: torch.dtype = torch.float32, **spec: Any) -> BuiltVLM:
     """Shorthand: `build_model(ModelSpec(path=...))`."""
     return build_model(ModelSpec(path=str(path), **spec), dtype)
-
-
-# ---- meta-device dry run ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MetaReport:
-    """What the full-size model would be, computed without allocating it."""
-
-    params: dict[str, int]
-    vision_hidden: int
-    text_hidden: int
-    projector: str
-    geometry: ImageGeometry
-
-    @property
-    def total(self) -> int:
-        return sum(self.params.values())
-
-    def table(self) -> str:
-        lines = [f"{name:<16}{n:>16,}" for name, n in self.params.items()]
-        lines.append(f"{'total':<16}{self.total:>16,}")
-        lines.append(
-            f"projector {self.projector}: {self.vision_hidden} -> {self.text_hidden}; image {self.geometry.image_size}px "
-            f"/ patch {self.geometry.patch_size} -> {self.geometry.tokens_per_image} tokens per image"
-        )
-        return "\n".join(lines)
-
-
-def spec_configs(spec: ModelSpec) -> tuple[Any, Any, str, int]:
-    """(vision config, text config, projector name, feature layer) from a spec, reading configs only."""
-    from transformers import AutoConfig
-
-    if spec.path is not None:
-        model_type = saved_model_type(spec.path)
-        if model_type == "vilaray_vlm":
-            import vilaray.model.hf  # noqa: F401
-        cfg = AutoConfig.from_pretrained(spec.path)
-        saved = "mlp2x_gelu" if model_type == "llava" else cfg.projector
-        layer = cfg.vision_feature_layer if spec.vision_feature_layer is None else spec.vision_feature_layer
-        return cfg.vision_config, cfg.text_config, spec.projector or saved, layer
-
-    def load(source: ComponentSource):
-        return (
-            inline_config(source.config)
-            if source.config is not None
-            else AutoConfig.from_pretrained(source.path)
-        )
-
-    layer = FRESH_FEATURE_LAYER if spec.vision_feature_layer is None else spec.vision_feature_layer
-    return vision_config_of(load(spec.vision)), load(spec.llm), spec.projector, layer
-
-
-def spec_geometry(spec: ModelSpec) -> ImageGeometry:
-    """The image geometry the data pipeline must serve for this spec (configs only, no weights)."""
-    vc, _, projector, _ = spec_configs(spec)
-    return ImageGeometry(int(vc.image_size), int(vc.patch_size), projector)
-
-
-def build_on_meta(spec: ModelSpec) -> tuple[VisionLanguageModel, MetaReport]:
-    """The full-size VLM on the meta device (no memory, no download beyond configs) and its parameter
-    counts per component. Fails on a projector (or projector checkpoint) that does not fit the tower's
-    and LLM's widths, naming both."""
-    from transformers import AutoModelForCausalLM
-
-    vc, tc, projector_name, layer = spec_configs(spec)
-    with torch.device("meta"):
-        tower = _tower_class(vc)._from_config(vc)
-        lm = AutoModelForCausalLM.from_config(tc)
-        projector = fresh_projector(projector_name, vc.hidden_size, tc.hidden_size)
-    if spec.projector_weights:
-        _check_checkpoint_shapes(projector, spec.projector_weights, vc.hidden_size, tc.hidden_size)
-    _check_projector_fits(projector, vc.hidden_size, tc.hidden_size, spec.path or "model")
-    model = VisionLanguageModel(
-        tower, projector, lm, image_token_id=-1, feature_layer=layer, image_processor=None
-    )
-    params = {
-        name: sum(p.numel() for p in getattr(model, name).parameters())
-        for name in ("vision_tower", "projector", "language_model")
-    }
-    report = MetaReport(params, vc.hidden_size, tc.hidden_size, projector_name, model.geometry)
-    return model, report
-
-
-def _check_checkpoint_shapes(projector: Projector, path: str, vision_hidden: int, text_hidden: int) -> None:
-    """Shapes from the safetensors header only: a dry run never reads the tensors."""
-    from safetensors import safe_open
-
-    with safe_open(weights_file(path), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    shapes = strip_projector_prefix(shapes)
-    for key, want in projector.state_dict().items():
-        got = shapes.get(key)
-        if got is None:
-            raise ValueError(f"projector weights {path}: no tensor {key} for projector {projector.name}")
-        if got != tuple(want.shape):
-            raise ValueError(
-                f"projector weights {path}: {key} has shape {list(got)} but the vision tower's hidden size "
-                f"{vision_hidden} and the LM's hidden size {text_hidden} need {list(want.shape)}"
-            )

@@ -146,3 +146,11 @@ class ModelSpec(Strict):
             if self.projector is None:
                 raise ValueError("a VLM assembled from vision + llm needs a projector name")
         return self
+
+    @property
+    def tokenizer_dir(self) -> str:
+        """The tokenizer's directory: `tokenizer`, else the saved VLM's, else the LLM's."""
+        found = self.tokenizer or self.path or self.llm.path
+        if found is None:
+            raise ValueError("an inline LLM config needs model.tokenizer")
+        return found

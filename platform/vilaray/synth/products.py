@@ -11,6 +11,7 @@ from pathlib import Path
 from vilaray.registry import Registry
 from vilaray.synth.chats import Chat, image_chat, text_chat
 from vilaray.synth.documents import make_document, similarity_matrix
+from vilaray.synth.eval_writers import CaptionImage, VqaImage, write_coco_captions, write_vqa
 from vilaray.synth.facts import Fact, corpus_paragraph, fact_base, mc_item
 from vilaray.synth.language import (
     human_answers,
@@ -23,14 +24,11 @@ from vilaray.synth.manifest import MANIFEST, VERSION, WorldManifest, WorldScale
 from vilaray.synth.render import render_icon, render_photo
 from vilaray.synth.scenes import Scene, Split, item_rng, sample_scene
 from vilaray.synth.writers import (
-    CaptionImage,
     ImageChat,
     Pair,
     RenderedDoc,
     Sink,
-    VqaImage,
     shard,
-    write_coco_captions,
     write_llava_pretrain,
     write_llava_sft,
     write_messages,
@@ -38,7 +36,6 @@ from vilaray.synth.writers import (
     write_obelics,
     write_pairs_parquet,
     write_text,
-    write_vqa,
     write_webdataset,
 )
 

@@ -46,17 +46,22 @@ def main(description: str, default_stages: list[str] | None, argv=None) -> int:
         paths = run_paths(recipe, args.run_name, args.storage)
         init_job(paths.run_dir, args.address, num_cpus=args.num_cpus)
         with point_to_logs_on_failure(paths.run_dir):
-            exports = run_stages(recipe, stages, paths)
+            results = run_stages(recipe, stages, paths)
     except (RecipeError, SourceError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for stage, path in exports.items():
-        print(f"[{stage}] export: {path}")
+    for stage, result in results.items():
+        if result.export is None:
+            print(
+                f"[{stage}] stopped at step {result.metrics.get('step')} (train.stop_at_step): no export yet"
+            )
+        else:
+            print(f"[{stage}] export: {result.export}")
     return 0
 
 
 def dry_run(recipe, stages: list[str]) -> int:
-    from vilaray.model.build import build_on_meta
+    from vilaray.model.meta import build_on_meta
 
     _, report = build_on_meta(recipe.model)
     print(report.table())

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vilaray.config import DataConfig, EvaluationConfig, Recipe, RecipeError
+from vilaray.config import EvaluationConfig, RecipeError
+from vilaray.data.pipeline import PipelineSpec
+from vilaray.evals.turns import end_of_turn_ids, reply_text
 from vilaray.train.lockstep import deal, evaluating
 
 
@@ -39,10 +41,9 @@ class EvalBundle:
     skipped: dict[str, int]  # task -> prompts that could not be encoded (scored as empty answers)
 
 
-def build_eval_bundle(recipe: Recipe, data: DataConfig, cfg: EvaluationConfig) -> EvalBundle:
+def build_eval_bundle(spec: PipelineSpec, cfg: EvaluationConfig) -> EvalBundle:
     """Load the suite's tasks (failing before training on an unknown task or a malformed file) and encode
     every prompt with the stage's own tokenizer, chat template and image geometry."""
-    from vilaray.data.pipeline import PipelineSpec
     from vilaray.data.sample import image_part, text_part
     from vilaray.data.tokenize import SampleError
     from vilaray.evals.harness import load_tasks, prompt_items
@@ -57,7 +58,6 @@ def build_eval_bundle(recipe: Recipe, data: DataConfig, cfg: EvaluationConfig) -
             )
         suite = suite.model_copy(update={"tasks": [t for t in suite.tasks if t.name in cfg.tasks]})
     tasks = load_tasks(suite, base, cfg.limit)
-    spec = PipelineSpec.from_recipe(recipe, data)
     encoder = spec.local_encoder()
     prompts, skipped = [], {t.task.name: 0 for t in tasks}
     for item in prompt_items(tasks, cfg.shots, suite.seed):
@@ -125,8 +125,7 @@ class TrainingEval:
         self.bundle, self.rank, self.batch = bundle, rank, batch
         self.pad_id, self.image_size = pad_id, image_size
         self.tok = AutoTokenizer.from_pretrained(bundle.tokenizer_dir)
-        stops = {self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")}
-        self.stop_ids = {i for i in stops if isinstance(i, int) and i >= 0 and i != self.tok.unk_token_id}
+        self.stop_ids = set(end_of_turn_ids(self.tok))
         gen = [p for p in bundle.prompts if not p.choices]
         self.gen, self.gen_rounds = deal(gen, rank, world, batch)
         self.max_new = max((p.max_new_tokens for p in gen), default=0)
@@ -175,9 +174,7 @@ class TrainingEval:
                 break
         if not prompts:
             return []
-        from vilaray.evals.generate import first_reply
-
-        return [first_reply(self.tok.decode(n, skip_special_tokens=False)) for n in new]
+        return [reply_text(self.tok, n, self.stop_ids) for n in new]
 
     def _choice_logliks(self, strategy, device, rows: list[tuple[EncodedPrompt, int]]) -> list[float]:
         live = rows or [self.mc_filler]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 
-from vilaray.config import Recipe, RecipeError, StageConfig
+from vilaray.compose import StagePlan, plan_stage
+from vilaray.config import Recipe, RecipeError
 from vilaray.model.spec import ModelSpec
 from vilaray.registry import Registry
 from vilaray.train.faults import FaultPlan
@@ -58,35 +62,47 @@ def absolute_recipe(recipe: Recipe) -> Recipe:
     return recipe.model_copy(update={"model": model, "stages": stages})
 
 
-def stage_model(recipe: Recipe, stage: str, paths: RunPaths) -> ModelSpec:
-    """Stage 1 starts from the recipe's model; stage N+1 from stage N's export, which must exist."""
+def stage_model(recipe: Recipe, stage: str, paths: RunPaths, start_from: Path | None = None) -> ModelSpec:
+    """Stage 1 starts from the recipe's model (or `start_from`, an export); stage N+1 from stage N's export,
+    which must exist."""
     names = list(recipe.stages)
     idx = names.index(stage)
-    if idx == 0:
+    if idx == 0 and start_from is None:
         spec = recipe.model
         if spec.path is not None and not (Path(spec.path) / "config.json").is_file():
             raise RecipeError(
                 f"model.path {spec.path!r} has no config.json (build it with jobs/make_world.py?)"
             )
         return spec
-    prev = paths.export_dir(names[idx - 1])
+    prev = Path(start_from).resolve() if start_from is not None else paths.export_dir(names[idx - 1])
     if not (prev / "config.json").is_file():
-        raise RecipeError(
-            f"stage {stage!r} starts from stage {names[idx - 1]!r}'s export, which does not exist at {prev}; "
-            f"run that stage first"
+        origin, hint = (
+            ("the export it was given", "no config.json there")
+            if start_from is not None
+            else (f"stage {names[idx - 1]!r}'s export", "run that stage first")
         )
+        raise RecipeError(f"stage {stage!r} starts from {origin}, which does not exist at {prev}; {hint}")
     return ModelSpec(path=str(prev), attn_implementation=recipe.model.attn_implementation)
 
 
-def validate_stage(recipe: Recipe, stage: str, spec: ModelSpec) -> None:
-    """Cheap checks on the driver: the model's shapes fit (meta device) and the data's sources plan."""
-    from vilaray.data.pipeline import plan_source
-    from vilaray.model.build import build_on_meta
+@dataclass(frozen=True)
+class Launched:
+    """What a launcher hands back: the last metrics reported and the latest checkpoint, if any."""
 
-    build_on_meta(spec)
-    data = recipe.stages[stage].data
-    for name in data.weights():
-        plan_source(name, data.sources[name], data)
+    metrics: dict
+    checkpoint: Any  # a ray.train.Checkpoint (Ray Train) or a local checkpoint directory
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A finished (or `stop_at_step`-paused) stage: its export (None until the last step), last metrics and
+    checkpoint, for the next stage, a Tune trial or a report."""
+
+    stage: str
+    export: Path | None
+    metrics: dict
+    checkpoint: Any
+    stage_dir: Path
 
 
 def run_stage(
@@ -96,10 +112,12 @@ def run_stage(
     record_sample_ids: bool = False,
     faults: FaultPlan | None = None,
     launcher: str = "ray_train",
-) -> Path:
+    callbacks: Sequence = (),
+    start_from: Path | None = None,
+) -> StageResult:
     """Validate, prepare (deterministic mode) and train one stage with `launcher`: `ray_train` (a
-    TorchTrainer over the recipe's workers) or `local` (one rank in this process, deterministic data)."""
-    from vilaray.data.pipeline import PipelineSpec, build_mixture, plan_source
+    TorchTrainer over the recipe's workers, with `callbacks` added to its RunConfig) or `local` (one rank in
+    this process, deterministic data). `start_from` replaces the export (or model) the stage starts from."""
     from vilaray.data.quarantine import QuarantineActor
 
     if stage not in recipe.stages:
@@ -109,54 +127,59 @@ def run_stage(
     except KeyError as e:
         raise RecipeError(str(e)) from None
     recipe = absolute_recipe(recipe)
-    cfg = recipe.stages[stage]
-    spec = stage_model(recipe, stage, paths)
-    validate_stage(recipe, stage, spec)
+    plan = plan_stage(recipe, stage, stage_model(recipe, stage, paths, start_from))
+    cfg = plan.config
     stage_dir = paths.run_dir / stage
     stage_dir.mkdir(parents=True, exist_ok=True)
-    data_recipe = recipe.model_copy(update={"model": spec})
     ledger = None  # the bad-record ledger of the stream (prepare keeps its own)
     if cfg.train.data_mode == "deterministic":
-        # Training reads the prepared shards; the streaming mixture would only be built to be dropped.
-        pipeline, datasets = PipelineSpec.from_recipe(data_recipe, cfg.data), {}
-        shards = _prepared_shards(data_recipe, stage, stage_dir)
+        # Training reads the prepared shards; no streaming mixture is built.
+        datasets, shards = {}, _prepared_shards(plan, stage_dir)
     else:
         ledger = QuarantineActor.remote(str(stage_dir), cfg.data.quarantine_samples)
-        mixture = build_mixture(data_recipe, ledger, cfg.data)
-        pipeline, datasets, shards = mixture.spec, {"train": mixture.dataset}, None
+        datasets, shards = {"train": plan.data.mixture(ledger).dataset}, None
     job = StageJob(
         stage=stage,
         stage_config=cfg.model_dump(mode="json", exclude_unset=True),
-        model_spec=spec.model_dump(mode="json", exclude_unset=True),
+        model_spec=plan.model.model_dump(mode="json", exclude_unset=True),
         run_dir=str(paths.run_dir),
         export_dir=str(paths.export_dir(stage)),
-        pad_id=pipeline.pack.pad_id,
-        image_size=pipeline.geometry.image_size,
+        pad_id=plan.data.spec.pack.pad_id,
+        image_size=plan.data.spec.geometry.image_size,
         prepared_shards=shards,
         trainer_dir=str(Path(paths.storage) / paths.trainer_name(stage)),
         record_sample_ids=record_sample_ids,
         faults=dataclasses.asdict(faults or FaultPlan()),
     )
-    data_files = [
-        sh.path for name in cfg.data.weights() for sh in plan_source(name, cfg.data.sources[name], cfg.data)
-    ]
     prov = provenance(
-        recipe.model_dump(mode="json"), stage, {"data": cfg.data.seed, "train": cfg.train.seed}, data_files
+        recipe.model_dump(mode="json"),
+        stage,
+        {"data": cfg.data.seed, "train": cfg.train.seed},
+        plan.data.files(),
     )
     (stage_dir / "provenance.json").write_text(json.dumps(prov, indent=2))
     loop_config = {
         "job": dataclasses.asdict(job),
-        "validation": _validation_rows(data_recipe, cfg, stage_dir),
-        "evaluation": _eval_bundle(data_recipe, cfg, stage_dir),
+        "validation": _validation_rows(plan, stage_dir),
+        "evaluation": _eval_bundle(plan, stage_dir),
     }
     with ProgressTail(stage_dir, stage, cfg.train.max_steps, cfg.train.log_every):
-        launch(loop_config, cfg.train, paths, stage, datasets)
+        launched = launch(loop_config, cfg.train, paths, stage, datasets, list(callbacks))
     if ledger is not None:
         ray.get(ledger.write_summary.remote())
-    return paths.export_dir(stage)
+    export = paths.export_dir(stage)
+    return StageResult(
+        stage,
+        export if (export / "config.json").is_file() else None,
+        launched.metrics,
+        launched.checkpoint,
+        stage_dir,
+    )
 
 
-def _launch_ray_train(loop_config: dict, t: TrainConfig, paths: RunPaths, stage: str, datasets: dict) -> None:
+def _launch_ray_train(
+    loop_config: dict, t: TrainConfig, paths: RunPaths, stage: str, datasets: dict, callbacks: list
+) -> Launched:
     """A TorchTrainer over `t.num_workers` workers; the held-out rows and benchmark prompts go into the
     object store once, for every rank to read."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -175,17 +198,25 @@ def _launch_ray_train(loop_config: dict, t: TrainConfig, paths: RunPaths, stage:
             name=paths.trainer_name(stage),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            callbacks=callbacks,
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo", timeout_s=t.collective_timeout_s),
     )
-    trainer.fit()
+    result = trainer.fit()
+    return Launched(dict(result.metrics or {}), result.checkpoint)
 
 
-def _launch_local(loop_config: dict, t: TrainConfig, paths: RunPaths, stage: str, datasets: dict) -> None:
+def _launch_local(
+    loop_config: dict, t: TrainConfig, paths: RunPaths, stage: str, datasets: dict, callbacks: list
+) -> Launched:
     """One rank in this process, checkpoints under `<storage>/<run>-<stage>-local`."""
     if datasets:
         raise RecipeError("the local launcher reads prepared rows: set train.data_mode=deterministic")
-    train_locally(loop_config, Path(paths.storage) / f"{paths.trainer_name(stage)}-local")
+    if callbacks:
+        raise RecipeError("Ray Train callbacks need the ray_train launcher")
+    ctx = train_locally(loop_config, Path(paths.storage) / f"{paths.trainer_name(stage)}-local")
+    checkpoints = ctx.checkpoints()
+    return Launched(ctx.reports[-1] if ctx.reports else {}, checkpoints[-1] if checkpoints else None)
 
 
 LAUNCHERS = Registry("launcher", {"ray_train": _launch_ray_train, "local": _launch_local})
@@ -199,13 +230,13 @@ def rows_needed(train: TrainConfig) -> int:
     return per_micro * (train.max_steps * train.grad_accum + skips)
 
 
-def _prepared_shards(recipe: Recipe, stage: str, stage_dir: Path) -> list[str]:
+def _prepared_shards(plan: StagePlan, stage_dir: Path) -> list[str]:
     """The stage's prepared shards, materialised up to the rows it can consume. Preparation keeps order,
     so a longer run (a resume with more steps) re-prepares the same rows followed by the next ones."""
     from vilaray.data.prepare import prepare
 
     prepared = stage_dir / "prepared"
-    need = rows_needed(recipe.stages[stage].train)
+    need = rows_needed(plan.config.train)
     stats = prepared / "stats.json"
     if stats.is_file():
         meta = json.loads(stats.read_text())
@@ -214,17 +245,18 @@ def _prepared_shards(recipe: Recipe, stage: str, stage_dir: Path) -> list[str]:
         # in by hand (no stream recorded) are taken as they are.
         complete = cap is None or "stream" not in meta or have >= need or have < cap
     if not stats.is_file() or not complete:
-        prepare(recipe, stage_dir, max_rows=need, stage=stage)
+        prepare(plan.data, stage_dir, max_rows=need, about={"recipe": plan.recipe.name, "stage": plan.stage})
     return [str(p) for p in sorted(prepared.glob("shard-*.parquet"))]
 
 
-def _validation_rows(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
+def _validation_rows(plan: StagePlan, stage_dir: Path):
     """The stage's held-out rows (a table), or None."""
     from vilaray.train.validation import build_validation_rows
 
+    cfg = plan.config
     if not cfg.validation.every:
         return None
-    table, found = build_validation_rows(recipe, cfg.data, cfg.validation.rows_per_source)
+    table, found = build_validation_rows(plan.data, cfg.validation.rows_per_source)
     (stage_dir / "validation.json").write_text(json.dumps(found, indent=2))
     if table.num_rows == 0:
         raise RecipeError(
@@ -239,13 +271,14 @@ def _validation_rows(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
     return table
 
 
-def _eval_bundle(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
+def _eval_bundle(plan: StagePlan, stage_dir: Path):
     """The stage's in-training benchmark prompts, encoded once; or None."""
     from vilaray.train.evaluation import build_eval_bundle
 
+    cfg = plan.config
     if not cfg.evaluation.every:
         return None
-    bundle = build_eval_bundle(recipe, cfg.data, cfg.evaluation)
+    bundle = build_eval_bundle(plan.data.spec, cfg.evaluation)
     summary = {
         "tasks": [t.task.name for t in bundle.tasks],
         "shots": bundle.shots,
@@ -256,5 +289,5 @@ def _eval_bundle(recipe: Recipe, cfg: StageConfig, stage_dir: Path):
     return bundle
 
 
-def run_stages(recipe: Recipe, stages: list[str], paths: RunPaths, **kw) -> dict[str, Path]:
+def run_stages(recipe: Recipe, stages: list[str], paths: RunPaths, **kw) -> dict[str, StageResult]:
     return {stage: run_stage(recipe, stage, paths, **kw) for stage in stages}

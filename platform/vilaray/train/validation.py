@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
 import pyarrow as pa
 import torch
 
-from vilaray.config import DataConfig, Recipe
+from vilaray.data import schema
+from vilaray.data.arrow import rows_to_table
+from vilaray.data.pipeline import PlannedData, SourceEncoder
 from vilaray.train.lockstep import deal, evaluating
 from vilaray.train.loss import add_source_sums, mean_losses, token_loss_sums
 
 
-def build_validation_rows(recipe: Recipe, data: DataConfig, rows_per_source: int) -> tuple[pa.Table, dict]:
+def build_validation_rows(planned: PlannedData, rows_per_source: int) -> tuple[pa.Table, dict]:
     """Up to `rows_per_source` packed rows of every source's held-out samples (`data.holdout`), read in plan
     order and encoded and packed by the training pipeline's own code; plus what was found per source.
 
     Runs on the driver: the rows are small and identical for every rank, so they travel as one object."""
-    from vilaray.data import schema
-    from vilaray.data.arrow import rows_to_table
-    from vilaray.data.pipeline import PipelineSpec, SourceEncoder, plan_source
-
-    spec = dataclasses.replace(PipelineSpec.from_recipe(recipe, data), split="validation")
-    source = SourceEncoder.local(spec)
+    held_out = planned.split("validation")
+    source = SourceEncoder.local(held_out.spec)
     rows, found = [], {}
-    for name in data.weights():
-        windows = source.packed_windows(
-            source.samples(plan_source(name, data.sources[name], data)), data.pack_window
-        )
+    for name, shards in held_out.plans.items():
+        windows = source.packed_windows(source.samples(shards), held_out.config.pack_window)
         got: list[dict] = []
         while len(got) < rows_per_source and (packed := next(windows, None)) is not None:
             got += packed
