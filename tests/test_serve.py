@@ -387,6 +387,20 @@ def test_non_json_and_oversized_bodies(served):
     )
     assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"]
 
+    # A chunked upload declares no length: it is counted as it arrives and cut off past the cap, while a
+    # chunked request under the cap is answered as any other.
+    def chunks(body: bytes, size: int):
+        yield from (body[i : i + size] for i in range(0, len(body), size))
+
+    r = httpx.post(url, content=chunks(b"x" * (9 * 1024 * 1024), 1 << 20), timeout=30)
+    assert (
+        r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
+    )
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"], r.text
+    small = json.dumps({"model": NAME, "messages": ask(None, "hi"), "max_tokens": 2}).encode()
+    r = httpx.post(url, content=chunks(small, 64), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None, r.text
+
 
 def test_api_key_is_required_where_configured(served):
     base = f"{served[0]}/keyed/v1"

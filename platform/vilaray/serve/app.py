@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
@@ -34,6 +34,19 @@ async def _api_error(_request: Request, err: APIError) -> JSONResponse:
     return err.response()
 
 
+class BodyTooLarge(HTTPException):
+    """A body that grew past `max_body_bytes` while it was read (a chunked upload declares no length). An
+    HTTPException, so FastAPI's body parsing passes it on instead of calling it a parse error."""
+
+    def __init__(self, cap: int):
+        super().__init__(413, f"request body is over max_body_bytes {cap} (counted as it arrived)")
+
+
+@app.exception_handler(BodyTooLarge)
+async def _too_large(_request: Request, err: BodyTooLarge) -> JSONResponse:
+    return APIError(413, err.detail).response()
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
     """Pydantic's first complaint as a 400 naming the field (`messages.0.role`, an unknown `foo`)."""
@@ -47,6 +60,34 @@ async def _invalid(_request: Request, err: RequestValidationError) -> JSONRespon
     else:
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
     return APIError(400, message, param).response()
+
+
+class CountedBody:
+    """ASGI middleware: counts a request body's bytes as they arrive and stops reading past the cap, so a
+    chunked upload (no Content-Length to refuse up front) is cut off at `max_body_bytes`, not buffered whole."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        cap = getattr(scope["app"].state, "max_body_bytes", None) if scope["type"] == "http" else None
+        if cap is None:
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise BodyTooLarge(cap)
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+app.add_middleware(CountedBody)
 
 
 @app.middleware("http")
