@@ -202,19 +202,24 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return keys, yaml.safe_load(raw)
 
 
+def set_key(raw: dict, keys: list[str], value: Any, label: str) -> None:
+    """`raw[k1][k2]...[kn] = value`, creating mappings on the way (`label` names the override in errors)."""
+    node = raw
+    for depth, k in enumerate(keys[:-1]):
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"override {label!r}: {'.'.join(keys[: depth + 1])} is not a mapping")
+        node = child
+    node[keys[-1]] = value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     out = copy.deepcopy(raw)
     for item in overrides:
         keys, value = parse_override(item)
-        node = out
-        for depth, k in enumerate(keys[:-1]):
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            if not isinstance(child, dict):
-                raise RecipeError(f"override {item!r}: {'.'.join(keys[: depth + 1])} is not a mapping")
-            node = child
-        node[keys[-1]] = value
+        set_key(out, keys, value, item)
     return out
 
 

@@ -1,0 +1,325 @@
+"""A sweep's search space (`jobs/recipes/tune/*.yaml`): typed, checked against the recipe before any trial
+starts, and turned into Ray Tune's param space and each trial's recipe.
+
+A trial's config is flat and JSON-able: `mix/<stage>` (source -> weight, a point on the simplex),
+`freeze/<stage>` (a preset name), `set/<dotted.recipe.key>` (a value) and `seed`. Mixtures are drawn up
+front from a seeded Dirichlet (or listed, in grid mode) and handed to Tune as a grid, so a sweep's trials are
+the same on every run and on a resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vilaray.config import Recipe, RecipeError, recipe_from_dict, set_key
+from vilaray.registry import Registry
+
+
+class SpaceError(RecipeError):
+    """A search space that cannot run: raised before any trial starts, naming the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Freezing presets by name; `lora(8)` / `tower_last_k(2)` take their parameter in parentheses. Each gives a
+# stage's whole `freeze` section (VILA's choices: LLM frozen or trained in pretraining; tower in SFT).
+FREEZE_PRESETS: Registry[Callable[[int | None], dict]] = Registry(
+    "freeze preset",
+    {
+        "llm_frozen": lambda _: {"projector": {"mode": "full"}, "language_model": {"mode": "frozen"}},
+        "full": lambda _: {"projector": {"mode": "full"}, "language_model": {"mode": "full"}},
+        "lora": lambda r: {
+            "projector": {"mode": "full"},
+            "language_model": {"mode": "lora", "r": r or 16, "alpha": 2 * (r or 16)},
+        },
+        "tower_frozen": lambda _: {
+            "vision_tower": {"mode": "frozen"},
+            "projector": {"mode": "full"},
+            "language_model": {"mode": "full"},
+        },
+        "tower_last_k": lambda k: {
+            "vision_tower": {"mode": "last_k", "k": k or 1},
+            "projector": {"mode": "full"},
+            "language_model": {"mode": "full"},
+        },
+    },
+)
+_PRESET = re.compile(r"^(?P<name>[a-z_]+)(?:\((?P<arg>\d+)\))?$")
+
+
+def freeze_preset(spec: str) -> dict:
+    """`name` or `name(n)` as a freeze section; an unknown name lists the presets."""
+    m = _PRESET.match(spec.strip())
+    if m is None:
+        raise SpaceError(f"freeze preset {spec!r}: expected name or name(n), e.g. lora(8)")
+    try:
+        make = FREEZE_PRESETS.get(m["name"])
+    except KeyError as e:
+        raise SpaceError(str(e)) from None
+    return make(int(m["arg"]) if m["arg"] else None)
+
+
+# Tune's samplers by the name a space file uses; `[low, high]` or, for `choice`, the options.
+DISTRIBUTIONS = Registry(
+    "distribution",
+    {
+        "choice": lambda args: ("choice", list(args)),
+        "uniform": lambda args: ("uniform", _bounds(args)),
+        "loguniform": lambda args: ("loguniform", _bounds(args)),
+        "randint": lambda args: ("randint", _bounds(args)),
+    },
+)
+
+
+def _bounds(args) -> list:
+    if not isinstance(args, list | tuple) or len(args) != 2 or not args[0] < args[1]:
+        raise ValueError(f"expected [low, high] with low < high, got {args!r}")
+    return list(args)
+
+
+class Mix(Strict):
+    """A stage's mixture: Dirichlet draws over `sources` (all of the stage's when omitted), or listed
+    points (grid mode). Weights are token shares, normalised to 1."""
+
+    sources: list[str] | None = None
+    alpha: float = Field(1.0, gt=0)  # concentration: 1 is uniform on the simplex
+    points: list[dict[str, float]] | None = None
+
+    @model_validator(mode="after")
+    def _points_are_mixtures(self) -> Mix:
+        for p in self.points or []:
+            if not p or any(w < 0 for w in p.values()) or sum(p.values()) <= 0:
+                raise ValueError(f"mix point {p}: weights must be >= 0 with a positive sum")
+        return self
+
+
+class Objective(Strict):
+    """What Tune optimises: one metric, or a weighted sum of several (`eval/<task>/<k>-shot`, `val_loss`,
+    `val_loss/<source>`)."""
+
+    metric: str | None = None
+    weights: dict[str, float] | None = None
+    mode: Literal["min", "max"]
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Objective:
+        if (self.metric is None) == (not self.weights):
+            raise ValueError("give either metric or weights (a weighted sum of metrics)")
+        for name in [self.metric] if self.metric else list(self.weights):
+            if not (name == "val_loss" or name.startswith(("val_loss/", "eval/"))):
+                raise ValueError(
+                    f"metric {name!r}: expected val_loss, val_loss/<source> or eval/<task>/<k>-shot"
+                )
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.metric or "objective"
+
+    def value(self, metrics: dict) -> float | None:
+        """The objective from one report's metrics, or None if the report lacks any of its parts."""
+        parts = {self.metric: 1.0} if self.metric else dict(self.weights)
+        if any(k not in metrics for k in parts):
+            return None
+        return float(sum(w * float(metrics[k]) for k, w in parts.items()))
+
+
+class Scheduler(Strict):
+    name: Literal["asha", "fifo"] = "asha"
+    grace_steps: int = Field(10, ge=1)  # ASHA's first rung
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class TuneSpace(Strict):
+    """One sweep: which stages a trial trains (the first from `start_from` or the recipe's model), what
+    varies, the budget, the objective and the scheduler."""
+
+    stages: list[str] = Field(min_length=1)
+    start_from: str | None = None
+    mode: Literal["random", "grid"] = "random"
+    num_samples: int = Field(4, ge=1)  # random mode: mixtures drawn (one trial each)
+    seed: int = 0  # of the Dirichlet draws and Tune's samplers
+    budget_steps: int = Field(ge=1)  # train.max_steps of every trial stage
+    mix: dict[str, Mix] = Field(default_factory=dict)
+    freeze: dict[str, list[str]] = Field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    objective: Objective
+    scheduler: Scheduler = Scheduler()
+
+    @model_validator(mode="after")
+    def _something_varies(self) -> TuneSpace:
+        if not (self.mix or self.freeze or self.params or len(self.seeds) > 1):
+            raise ValueError("the space is empty: give mix, freeze, params or several seeds")
+        if self.mode == "grid" and any(m.points is None for m in self.mix.values()):
+            raise ValueError("grid mode lists its mixtures: give mix.<stage>.points")
+        for key, dist in self.params.items():
+            if len(dist) != 1:
+                raise ValueError(f"params.{key}: one distribution, e.g. {{loguniform: [1e-4, 1e-3]}}")
+        return self
+
+    # ------------------------------------------------------------------------------- checked on the recipe
+
+    def check(self, recipe: Recipe, raw: dict) -> None:
+        """Every stage, source, preset and key exists and every trial's recipe validates: fails before any
+        trial starts, naming the key."""
+        for stage in self.stages:
+            if stage not in recipe.stages:
+                raise SpaceError(
+                    f"stages: {stage!r} is not a stage of {recipe.name!r} ({list(recipe.stages)})"
+                )
+        for stage, mix in self.mix.items():
+            if stage not in self.stages:
+                raise SpaceError(f"mix.{stage}: not one of the sweep's stages {self.stages}")
+            have = set(recipe.stages[stage].data.sources)
+            named = set(mix.sources or []) | {s for p in mix.points or [] for s in p}
+            if missing := sorted(named - have):
+                raise SpaceError(
+                    f"mix.{stage}: sources {missing} are not in stage {stage!r} ({sorted(have)})"
+                )
+        counts = {stage: len(self.mixtures(recipe, stage)) for stage in self.mix}
+        if len(set(counts.values())) > 1:
+            raise SpaceError(
+                f"mix: every stage lists as many points (trial i takes point i of each): {counts}"
+            )
+        for stage, presets in self.freeze.items():
+            if stage not in self.stages:
+                raise SpaceError(f"freeze.{stage}: not one of the sweep's stages {self.stages}")
+            if not presets:
+                raise SpaceError(f"freeze.{stage}: list at least one preset")
+            for p in presets:
+                freeze_preset(p)
+        for key, dist in self.params.items():
+            ((kind, args),) = dist.items()
+            try:
+                DISTRIBUTIONS.get(kind)(args)
+            except (KeyError, ValueError) as e:
+                raise SpaceError(f"params.{key}: {e}") from None
+        # One recipe per corner of the space (each preset, each param's first option): an unknown key or a
+        # value of the wrong type fails here with the recipe's own error.
+        for config in self.corners(recipe):
+            trial_recipe(raw, self, config)
+
+    def corners(self, recipe: Recipe) -> list[dict]:
+        base = self.example(recipe)
+        out = [base]
+        for stage, presets in self.freeze.items():
+            out += [base | {f"freeze/{stage}": p} for p in presets]
+        return out
+
+    def example(self, recipe: Recipe) -> dict:
+        """A config with the first value of everything (for checking keys)."""
+        config: dict[str, Any] = {"seed": self.seeds[0]}
+        for stage in self.mix:
+            config[f"mix/{stage}"] = self.mixtures(recipe, stage)[0]
+        for stage, presets in self.freeze.items():
+            config[f"freeze/{stage}"] = presets[0]
+        for key, dist in self.params.items():
+            ((kind, args),) = dist.items()
+            config[f"set/{key}"] = args[0]
+        return config
+
+    # ------------------------------------------------------------------------------------ to Ray Tune
+
+    def mixtures(self, recipe: Recipe, stage: str) -> list[dict[str, float]]:
+        """The stage's mixtures, normalised: listed points, or `num_samples` seeded Dirichlet draws."""
+        mix = self.mix[stage]
+        if mix.points is not None:
+            return [{k: v / sum(p.values()) for k, v in p.items()} for p in mix.points]
+        names = mix.sources or list(recipe.stages[stage].data.sources)
+        rng = np.random.default_rng([self.seed, self.stages.index(stage)])
+        draws = rng.dirichlet([mix.alpha] * len(names), size=self.num_samples)
+        return [{n: round(float(w), 6) for n, w in zip(names, row)} for row in draws]
+
+    def tune_samples(self) -> int:
+        """Tune's `num_samples`: the mixtures are already a grid (one trial each), else `num_samples` draws."""
+        return 1 if self.mix else self.num_samples
+
+    def param_space(self, recipe: Recipe) -> dict:
+        """Ray Tune's param space. Mixtures and seeds are grids; presets a grid in grid mode, else sampled."""
+        from ray import tune
+
+        space: dict[str, Any] = {}
+        grid = self.mode == "grid"
+        if self.mix:
+            # Several stages' mixtures move together: trial i takes draw i of every stage.
+            stages = list(self.mix)
+            draws = [self.mixtures(recipe, s) for s in stages]
+            joint = [dict(zip(stages, combo)) for combo in zip(*draws)]
+            space["mixes"] = tune.grid_search(joint)
+        for stage, presets in self.freeze.items():
+            space[f"freeze/{stage}"] = tune.grid_search(presets) if grid else tune.choice(presets)
+        for key, dist in self.params.items():
+            ((kind, args),) = dist.items()
+            name, values = DISTRIBUTIONS.get(kind)(args)
+            space[f"set/{key}"] = getattr(tune, name)(*([values] if name == "choice" else values))
+        space["seed"] = tune.grid_search(self.seeds) if len(self.seeds) > 1 else self.seeds[0]
+        return space
+
+
+def flatten(config: dict) -> dict:
+    """A Tune config with its joint `mixes` spread into `mix/<stage>` keys."""
+    out = {k: v for k, v in config.items() if k != "mixes"}
+    for stage, weights in (config.get("mixes") or {}).items():
+        out[f"mix/{stage}"] = weights
+    return out
+
+
+def trial_overrides(space: TuneSpace, config: dict) -> dict[str, Any]:
+    """Dotted recipe keys -> values for one trial: its stages' budget, mixtures, freezing, params, seed."""
+    config = flatten(config)
+    out: dict[str, Any] = {}
+    for stage in space.stages:
+        out[f"stages.{stage}.train.max_steps"] = space.budget_steps
+        out[f"stages.{stage}.train.seed"] = config.get("seed", 0)
+    for key, value in config.items():
+        kind, _, rest = key.partition("/")
+        if kind == "mix":
+            out[f"stages.{rest}.data.mix"] = dict(value)
+        elif kind == "freeze":
+            out[f"stages.{rest}.freeze"] = freeze_preset(value)
+        elif kind == "set":
+            out[rest] = value
+    return out
+
+
+def trial_recipe(raw: dict, space: TuneSpace, config: dict) -> Recipe:
+    """The recipe a trial trains: the sweep's recipe with the trial's overrides (stage sections merged
+    under `defaults` first, so an override reaches the stage as `--set` would)."""
+    patched = copy.deepcopy(raw)
+    for key, value in trial_overrides(space, config).items():
+        set_key(patched, key.split("."), copy.deepcopy(value), key)
+    try:
+        return recipe_from_dict(patched, origin=f"trial {config}")
+    except RecipeError as e:
+        raise SpaceError(str(e)) from None
+
+
+def load_space(path: str | Path, recipe: Recipe, raw: dict) -> TuneSpace:
+    """Parse and check a space file against the recipe (`raw`: the recipe as loaded, overrides applied)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"search space {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        space = TuneSpace.model_validate(data)
+    except yaml.YAMLError as e:
+        raise SpaceError(f"search space {path} is not valid YAML: {e}") from e
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise SpaceError(
+            f"search space {path}: {loc}: {first['msg'].removeprefix('Value error, ')}"
+        ) from None
+    space.check(recipe, raw)
+    return space

@@ -1,0 +1,177 @@
+"""Tune's search spaces, trial concurrency and the mixture regression: logic that needs no cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from vilaray.config import load_recipe
+from vilaray.tune.concurrency import max_concurrent_trials, trial_needs
+from vilaray.tune.regression import fit_mixture
+from vilaray.tune.space import SpaceError, TuneSpace, flatten, freeze_preset, load_space, trial_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "jobs" / "recipes" / "tiny.yaml"
+SMOKE = ROOT / "jobs" / "recipes" / "tune" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_recipe(TINY), yaml.safe_load(TINY.read_text())
+
+
+def write_space(tmp_path: Path, **patch) -> Path:
+    space = yaml.safe_load(SMOKE.read_text())
+    for key, value in patch.items():
+        if value is None:
+            space.pop(key, None)
+        else:
+            space[key] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_smoke_space_draws_the_same_valid_mixtures_and_every_trial_recipe_validates(tiny):
+    recipe, raw = tiny
+    space = load_space(SMOKE, recipe, raw)
+    mixes = space.mixtures(recipe, "pretrain")
+    assert mixes == space.mixtures(recipe, "pretrain")  # seeded: the same trials on every run and resume
+    assert len(mixes) == 4 and all(abs(sum(m.values()) - 1) < 1e-5 for m in mixes)
+    assert all(set(m) == {"interleaved", "pairs", "text"} for m in mixes)
+    assert len({tuple(m.values()) for m in mixes}) == 4
+    for mix in mixes:
+        for preset in ("full", "llm_frozen"):
+            trial = trial_recipe(
+                raw, space, {"mixes": {"pretrain": mix}, "freeze/pretrain": preset, "seed": 3}
+            )
+            st = trial.stages["pretrain"]
+            assert st.data.weights() == pytest.approx(mix) and st.train.max_steps == 40 and st.train.seed == 3
+            assert st.freeze.language_model.mode == ("full" if preset == "full" else "frozen")
+            # Everything the space does not touch is the recipe's.
+            assert st.train.lr == recipe.stages["pretrain"].train.lr and "sft" in trial.stages
+
+
+def test_param_space_is_a_grid_of_the_drawn_mixtures(tiny):
+    from ray import tune
+
+    recipe, raw = tiny
+    space = load_space(SMOKE, recipe, raw)
+    ps = space.param_space(recipe)
+    assert [m["pretrain"] for m in ps["mixes"]["grid_search"]] == space.mixtures(recipe, "pretrain")
+    assert isinstance(ps["freeze/pretrain"], tune.search.sample.Categorical)
+    assert space.tune_samples() == 1  # one trial per drawn mixture
+    assert flatten({"mixes": {"pretrain": {"pairs": 1.0}}, "seed": 0}) == {
+        "mix/pretrain": {"pairs": 1.0},
+        "seed": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"stages": ["nope"]}, "stages: 'nope' is not a stage"),
+        (
+            {"mix": {"pretrain": {"sources": ["pairs", "vl_sft"]}}},
+            "mix.pretrain: sources ['vl_sft'] are not in stage 'pretrain'",
+        ),
+        ({"mix": {"sft": {"sources": ["vl_sft"]}}}, "mix.sft: not one of the sweep's stages"),
+        ({"mix": None, "freeze": None}, "the space is empty"),
+        ({"freeze": {"pretrain": ["lora(8)", "thaw"]}}, "unknown freeze preset 'thaw'"),
+        (
+            {"params": {"stages.pretrain.train.lr_typo": {"loguniform": [1e-4, 1e-3]}}},
+            "stages.pretrain.train.lr_typo",
+        ),
+        (
+            {"params": {"stages.pretrain.train.lr": {"lognormal": [1e-4, 1e-3]}}},
+            "unknown distribution 'lognormal'",
+        ),
+        (
+            {"params": {"stages.pretrain.train.lr": {"loguniform": [1e-3, 1e-4]}}},
+            "params.stages.pretrain.train.lr: expected [low, high]",
+        ),
+        (
+            {"objective": {"metric": "accuracy", "mode": "max"}},
+            "objective: metric 'accuracy': expected val_loss",
+        ),
+        ({"budget_steps": 0}, "budget_steps"),
+        ({"mode": "grid"}, "grid mode lists its mixtures"),
+        (
+            {
+                "stages": ["pretrain", "sft"],
+                "mix": {
+                    "pretrain": {"points": [{"pairs": 1}]},
+                    "sft": {"points": [{"vl_sft": 1}, {"text_sft": 1}]},
+                },
+            },
+            "mix: every stage lists as many points",
+        ),
+    ],
+)
+def test_bad_space_fails_before_any_trial_naming_the_key(tiny, tmp_path, patch, needle):
+    recipe, raw = tiny
+    with pytest.raises(SpaceError) as err:
+        load_space(write_space(tmp_path, **patch), recipe, raw)
+    assert needle in str(err.value), str(err.value)
+
+
+def test_grid_mode_repeats_each_listed_mixture_per_seed(tiny, tmp_path):
+    from ray.tune.search.variant_generator import generate_variants
+
+    recipe, raw = tiny
+    points = [{"pairs": 1, "text": 1}, {"pairs": 3, "text": 1}]
+    path = write_space(tmp_path, mode="grid", mix={"pretrain": {"points": points}}, seeds=[0, 1, 2])
+    space = load_space(path, recipe, raw)
+    trials = [flatten(cfg) for _, cfg in generate_variants(space.param_space(recipe))]
+    cells = sorted((t["mix/pretrain"]["pairs"], t["freeze/pretrain"], t["seed"]) for t in trials)
+    assert len(trials) == 2 * 2 * 3 and len(set(cells)) == 12
+    assert {c[0] for c in cells} == {0.5, 0.75}
+
+
+def test_freeze_presets():
+    assert freeze_preset("lora(8)")["language_model"] == {"mode": "lora", "r": 8, "alpha": 16}
+    assert freeze_preset("tower_last_k(2)")["vision_tower"] == {"mode": "last_k", "k": 2}
+    with pytest.raises(SpaceError, match="expected name or name"):
+        freeze_preset("lora 8")
+
+
+def test_objective_as_a_weighted_sum_and_missing_parts():
+    space = TuneSpace.model_validate(
+        {
+            **yaml.safe_load(SMOKE.read_text()),
+            "objective": {"weights": {"eval/shapes_vqa/0-shot": 1.0, "val_loss": -0.1}, "mode": "max"},
+        }
+    )
+    assert space.objective.value({"eval/shapes_vqa/0-shot": 0.5, "val_loss": 2.0}) == pytest.approx(0.3)
+    assert space.objective.value({"val_loss": 2.0}) is None  # a report without the eval: not a result
+
+
+def test_concurrency_follows_real_resources(tiny):
+    recipe, _ = tiny
+    need = trial_needs(recipe, ["pretrain"])
+    assert need == {"CPU": 2 * 0.5 + 5 * 0.5, "GPU": 0.0}
+    assert max_concurrent_trials({"CPU": 2, "GPU": 0}, need) == 1  # a 2-core laptop: one at a time
+    assert max_concurrent_trials({"CPU": 16, "GPU": 0}, need) == 4
+    assert max_concurrent_trials({"CPU": 64, "GPU": 8}, {"CPU": 6, "GPU": 4}) == 2  # GPUs bound first
+    assert max_concurrent_trials({"CPU": 1, "GPU": 0}, {"CPU": 8, "GPU": 0}) == 1  # never zero
+
+
+def test_mixture_regression_finds_the_optimum_and_ranks_unseen_trials():
+    """A synthetic objective with its optimum at (0.5, 0.3, 0.2): 40 noisy trials on Dirichlet mixtures."""
+    rng = np.random.default_rng(0)
+    optimum = np.array([0.5, 0.3, 0.2])
+    x = rng.dirichlet(np.ones(3), size=40)
+    y = -(((x - optimum) ** 2).sum(axis=1)) + rng.normal(0, 0.005, size=40)
+    fit = fit_mixture([dict(zip("abc", row)) for row in x], list(y), mode="max")
+    best = np.array([fit.best()[s] for s in "abc"])
+    assert np.abs(best - optimum).sum() <= 0.1, best
+    assert fit.heldout_spearman >= 0.8, fit.heldout_spearman
+    proposals = fit.propose(3)
+    assert len(proposals) == 3 and all(abs(sum(p.values()) - 1) < 1e-5 for p in proposals)
+    # The same data as a loss to minimise proposes the same point.
+    flipped = fit_mixture([dict(zip("abc", row)) for row in x], list(-y), mode="min")
+    assert np.abs(np.array([flipped.best()[s] for s in "abc"]) - best).sum() < 1e-9
+    with pytest.raises(ValueError, match="at least 5 finished trials"):
+        fit_mixture([{"a": 1.0}], [0.0], mode="max")
