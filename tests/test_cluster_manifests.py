@@ -22,13 +22,30 @@ CLUSTER_SPEC = {
 }
 
 
+def all_docs() -> list[tuple[str, dict]]:
+    return [
+        (path.name, doc)
+        for path in sorted(CLUSTER.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") in CLUSTER_SPEC
+    ]
+
+
 def kuberay_docs() -> list[tuple[str, dict]]:
-    docs = []
-    for path in sorted(CLUSTER.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") in CLUSTER_SPEC:
-                docs.append((path.name, doc))
-    return docs
+    """Manifests that define a cluster (a RayJob with `clusterSelector` runs on raycluster.yaml's)."""
+    return [(name, doc) for name, doc in all_docs() if "clusterSelector" not in doc["spec"]]
+
+
+def test_jobs_on_the_long_lived_cluster_name_it_and_run_shipped_files():
+    clusters = {doc["metadata"]["name"] for _, doc in kuberay_docs() if doc["kind"] == "RayCluster"}
+    selected = [(name, doc) for name, doc in all_docs() if "clusterSelector" in doc["spec"]]
+    assert "rayjob-tune.yaml" in {name for name, _ in selected}
+    for name, doc in selected:
+        assert doc["spec"]["clusterSelector"]["ray.io/cluster"] in clusters, name
+        words = doc["spec"]["entrypoint"].replace('"', " ").split()
+        for flag in ("--recipe", "--space"):
+            if flag in words:
+                assert (ROOT / words[words.index(flag) + 1]).is_file(), (name, flag)
 
 
 def pinned_ray_minor() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,9 @@ def tiny():
     return load_recipe(TINY), yaml.safe_load(TINY.read_text())
 
 
-def write_space(tmp_path: Path, **patch) -> Path:
-    space = yaml.safe_load(SMOKE.read_text())
+def write_space(tmp_path: Path, start_from: Path, **patch) -> Path:
+    """The smoke space with `patch`, starting from `start_from` (a saved VLM) instead of the demo's export."""
+    space = yaml.safe_load(SMOKE.read_text()) | {"start_from": str(start_from) if start_from else None}
     for key, value in patch.items():
         if value is None:
             space.pop(key, None)
@@ -34,9 +36,11 @@ def write_space(tmp_path: Path, **patch) -> Path:
     return path
 
 
-def test_smoke_space_draws_the_same_valid_mixtures_and_every_trial_recipe_validates(tiny):
+def test_smoke_space_draws_the_same_valid_mixtures_and_every_trial_recipe_validates(
+    tiny, assets_dir, tmp_path
+):
     recipe, raw = tiny
-    space = load_space(SMOKE, recipe, raw)
+    space = load_space(write_space(tmp_path, assets_dir), recipe, raw)
     mixes = space.mixtures(recipe, "pretrain")
     assert mixes == space.mixtures(recipe, "pretrain")  # seeded: the same trials on every run and resume
     assert len(mixes) == 4 and all(abs(sum(m.values()) - 1) < 1e-5 for m in mixes)
@@ -54,11 +58,11 @@ def test_smoke_space_draws_the_same_valid_mixtures_and_every_trial_recipe_valida
             assert st.train.lr == recipe.stages["pretrain"].train.lr and "sft" in trial.stages
 
 
-def test_param_space_is_a_grid_of_the_drawn_mixtures(tiny):
+def test_param_space_is_a_grid_of_the_drawn_mixtures(tiny, assets_dir, tmp_path):
     from ray import tune
 
     recipe, raw = tiny
-    space = load_space(SMOKE, recipe, raw)
+    space = load_space(write_space(tmp_path, assets_dir), recipe, raw)
     ps = space.param_space(recipe)
     assert [m["pretrain"] for m in ps["mixes"]["grid_search"]] == space.mixtures(recipe, "pretrain")
     assert isinstance(ps["freeze/pretrain"], tune.search.sample.Categorical)
@@ -73,6 +77,9 @@ def test_param_space_is_a_grid_of_the_drawn_mixtures(tiny):
     ("patch", "needle"),
     [
         ({"stages": ["nope"]}, "stages: 'nope' is not a stage"),
+        ({"stages": ["align", "sft"]}, "must follow each other in the recipe's order"),
+        ({"start_from": None}, "start_from: stage 'pretrain' starts from stage 'align''s export"),
+        ({"start_from": "runs/none/align/export"}, "start_from: runs/none/align/export is not an export"),
         (
             {"mix": {"pretrain": {"sources": ["pairs", "vl_sft"]}}},
             "mix.pretrain: sources ['vl_sft'] are not in stage 'pretrain'",
@@ -110,19 +117,21 @@ def test_param_space_is_a_grid_of_the_drawn_mixtures(tiny):
         ),
     ],
 )
-def test_bad_space_fails_before_any_trial_naming_the_key(tiny, tmp_path, patch, needle):
+def test_bad_space_fails_before_any_trial_naming_the_key(tiny, assets_dir, tmp_path, patch, needle):
     recipe, raw = tiny
     with pytest.raises(SpaceError) as err:
-        load_space(write_space(tmp_path, **patch), recipe, raw)
+        load_space(write_space(tmp_path, patch.pop("start_from", assets_dir), **patch), recipe, raw)
     assert needle in str(err.value), str(err.value)
 
 
-def test_grid_mode_repeats_each_listed_mixture_per_seed(tiny, tmp_path):
+def test_grid_mode_repeats_each_listed_mixture_per_seed(tiny, assets_dir, tmp_path):
     from ray.tune.search.variant_generator import generate_variants
 
     recipe, raw = tiny
     points = [{"pairs": 1, "text": 1}, {"pairs": 3, "text": 1}]
-    path = write_space(tmp_path, mode="grid", mix={"pretrain": {"points": points}}, seeds=[0, 1, 2])
+    path = write_space(
+        tmp_path, assets_dir, mode="grid", mix={"pretrain": {"points": points}}, seeds=[0, 1, 2]
+    )
     space = load_space(path, recipe, raw)
     trials = [flatten(cfg) for _, cfg in generate_variants(space.param_space(recipe))]
     cells = sorted((t["mix/pretrain"]["pairs"], t["freeze/pretrain"], t["seed"]) for t in trials)
@@ -175,3 +184,33 @@ def test_mixture_regression_finds_the_optimum_and_ranks_unseen_trials():
     assert np.abs(np.array([flipped.best()[s] for s in "abc"]) - best).sum() < 1e-9
     with pytest.raises(ValueError, match="at least 5 finished trials"):
         fit_mixture([{"a": 1.0}], [0.0], mode="max")
+
+
+def test_fit_command_fits_a_sweeps_results(tiny, tmp_path, capsys):
+    """`jobs/tune.py --fit NAME` on a sweep's folder (here results of 12 trials with a known optimum,
+    written as a sweep writes them): the fit, its held-out rank correlation and the best predicted mix."""
+    import tune as job
+    from vilaray.tune.results import TrialRow, write_results
+
+    recipe, raw = tiny
+    root = tmp_path / "synth"
+    root.mkdir()
+    space = TuneSpace.model_validate(yaml.safe_load(SMOKE.read_text()))
+    (root / "space.yaml").write_text(yaml.safe_dump(space.model_dump(mode="json")))
+    (root / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    rng = np.random.default_rng(1)
+    names = ["interleaved", "pairs", "text"]
+    rows = []
+    for i, w in enumerate(rng.dirichlet(np.ones(3), size=12)):
+        loss = 3.0 + float(((w - np.array([0.2, 0.5, 0.3])) ** 2).sum())
+        mix = dict(zip(names, map(float, w)))
+        rows.append(
+            TrialRow(f"t{i}", "completed", {"mix/pretrain": mix, "freeze/pretrain": "full"}, 40, loss)
+        )
+    write_results(root, rows, space, raw)
+    assert job.main(["--recipe", str(TINY), "--set", f"run_root={tmp_path}", "--fit", "synth"]) == 0
+    assert "held-out Spearman" in capsys.readouterr().out
+    fit = json.loads((root / "results.json").read_text())["fit"]
+    assert fit["trials"] == 12 and fit["heldout_spearman"] > 0.5
+    assert abs(fit["best_predicted"]["pairs"] - 0.5) < 0.15
+    assert job.main(["--recipe", str(TINY), "--set", f"run_root={tmp_path}", "--fit", "none"]) == 2

@@ -173,11 +173,20 @@ class TuneSpace(Strict):
     def check(self, recipe: Recipe, raw: dict) -> None:
         """Every stage, source, preset and key exists and every trial's recipe validates: fails before any
         trial starts, naming the key."""
+        names = list(recipe.stages)
         for stage in self.stages:
             if stage not in recipe.stages:
-                raise SpaceError(
-                    f"stages: {stage!r} is not a stage of {recipe.name!r} ({list(recipe.stages)})"
-                )
+                raise SpaceError(f"stages: {stage!r} is not a stage of {recipe.name!r} ({names})")
+        first = names.index(self.stages[0])
+        if self.stages != names[first : first + len(self.stages)]:
+            raise SpaceError(f"stages: {self.stages} must follow each other in the recipe's order {names}")
+        if self.start_from is not None:
+            if not (Path(self.start_from) / "config.json").is_file():
+                raise SpaceError(f"start_from: {self.start_from} is not an export (no config.json)")
+        elif first > 0:
+            raise SpaceError(
+                f"start_from: stage {self.stages[0]!r} starts from stage {names[first - 1]!r}'s export: give its path"
+            )
         for stage, mix in self.mix.items():
             if stage not in self.stages:
                 raise SpaceError(f"mix.{stage}: not one of the sweep's stages {self.stages}")
@@ -246,7 +255,8 @@ class TuneSpace(Strict):
         return 1 if self.mix else self.num_samples
 
     def param_space(self, recipe: Recipe) -> dict:
-        """Ray Tune's param space. Mixtures and seeds are grids; presets a grid in grid mode, else sampled."""
+        """Ray Tune's param space. Mixtures and seeds are grids; presets and choices a grid in grid mode, else
+        sampled."""
         from ray import tune
 
         space: dict[str, Any] = {}
@@ -262,7 +272,11 @@ class TuneSpace(Strict):
         for key, dist in self.params.items():
             ((kind, args),) = dist.items()
             name, values = DISTRIBUTIONS.get(kind)(args)
-            space[f"set/{key}"] = getattr(tune, name)(*([values] if name == "choice" else values))
+            if name == "choice":
+                # Grid mode is an ablation: every option of a choice is a cell.
+                space[f"set/{key}"] = tune.grid_search(values) if grid else tune.choice(values)
+            else:
+                space[f"set/{key}"] = getattr(tune, name)(*values)
         space["seed"] = tune.grid_search(self.seeds) if len(self.seeds) > 1 else self.seeds[0]
         return space
 
@@ -305,13 +319,16 @@ def trial_recipe(raw: dict, space: TuneSpace, config: dict) -> Recipe:
         raise SpaceError(str(e)) from None
 
 
-def load_space(path: str | Path, recipe: Recipe, raw: dict) -> TuneSpace:
-    """Parse and check a space file against the recipe (`raw`: the recipe as loaded, overrides applied)."""
+def load_space(path: str | Path, recipe: Recipe, raw: dict, start_from: str | None = None) -> TuneSpace:
+    """Parse and check a space file against the recipe (`raw`: the recipe as loaded, overrides applied);
+    `start_from` replaces the file's."""
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"search space {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+        if start_from is not None:
+            data["start_from"] = start_from
         space = TuneSpace.model_validate(data)
     except yaml.YAMLError as e:
         raise SpaceError(f"search space {path} is not valid YAML: {e}") from e

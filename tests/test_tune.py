@@ -1,0 +1,163 @@
+"""`jobs/tune.py` on the session's Ray: a real ASHA sweep whose trials are the stage runner's Train V2 runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, TINY_RECIPE, as_flags
+
+pytestmark = pytest.mark.slow
+
+STEPS, RUNG = 8, 4
+# The first trial learns, the second barely moves (stopped at the rung), the rest run after the resume.
+LRS = [2e-3, 1e-7, 1e-6, 3e-3]
+
+
+def sweep_flags(world: Path, assets: Path, run_root: Path) -> list[str]:
+    """The shipped tiny recipe shrunk for a sweep on 2 cores: one train worker, held-out loss at every rung."""
+    return as_flags(
+        [
+            f"model.path={assets}",
+            f"defaults.data.root={world}",
+            f"run_root={run_root}",
+            "defaults.train.num_workers=1",
+            "defaults.train.zero_stage=0",
+            "defaults.train.warmup_steps=1",
+            f"defaults.train.checkpoint_every={RUNG}",
+            f"defaults.validation.every={RUNG}",
+            "defaults.validation.rows_per_source=2",
+        ]
+    )
+
+
+def run_env() -> dict:
+    """A user's shell: the job starts its own local Ray (with the dashboard, as a sweep's Ray does)."""
+    session_only = (
+        "RAY_ADDRESS",
+        "RAY_worker_maximum_startup_concurrency",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+    )
+    return {k: v for k, v in os.environ.items() if k not in session_only}
+
+
+@pytest.fixture(scope="module")
+def smoke(world_dir, assets_dir, tmp_path_factory):
+    """`jobs/tune.py` in a process of its own: four trials over a three-source pretraining mix in grid mode,
+    the learning rate the varied cell. The first trial learns (2e-3); the second barely moves (1e-7), so at
+    ASHA's rung (step 4) it is worse than the median of those recorded and is stopped: an early stop that
+    does not depend on luck. Once it has been stopped the driver is SIGKILLed, and `--resume` finishes the
+    sweep: the two finished trials are not run again, and the other two start a fresh ASHA bracket (Ray
+    does not save the rungs), so the third (1e-6) now runs to the end."""
+    root = tmp_path_factory.mktemp("tune")
+    space = yaml.safe_load((ROOT / "jobs/recipes/tune/smoke.yaml").read_text())
+    space |= {
+        "start_from": str(assets_dir),
+        "mode": "grid",
+        "budget_steps": STEPS,
+        "mix": {"pretrain": {"points": [{"interleaved": 1, "pairs": 2, "text": 1}]}},
+        "freeze": {"pretrain": ["full"]},
+        "params": {"stages.pretrain.train.lr": {"choice": LRS}},
+        "scheduler": {"name": "asha", "grace_steps": RUNG, "reduction_factor": 2},
+    }
+    (root / "space.yaml").write_text(yaml.safe_dump(space))
+    argv = [sys.executable, "jobs/tune.py", "--recipe", str(TINY_RECIPE), "--space", str(root / "space.yaml"),
+            "--name", "smoke", *sweep_flags(world_dir, assets_dir, root)]  # fmt: skip
+    out = root / "smoke"
+    with (root / "killed.log").open("w") as log:
+        driver = subprocess.Popen(
+            argv, cwd=ROOT, env=run_env(), start_new_session=True, stdout=log, stderr=log
+        )
+        deadline, ended = time.monotonic() + 900, []
+        while time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(1)
+            if (out / "results.json").is_file():
+                ended = [t for t in json.loads((out / "results.json").read_text())["trials"] if t["steps"]]
+                if any(t["status"].startswith("stopped early") for t in ended):
+                    time.sleep(2)  # Tune records the trial's end in its own state on its next loop step
+                    break
+        alive = driver.poll() is None
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert alive and len(ended) == 2, (root / "killed.log").read_text()[-4000:]
+    finished = {t["trial_id"]: fingerprint(out, t["trial_id"]) for t in ended}
+    resumed = subprocess.run([*argv, "--resume"], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                             timeout=1200)  # fmt: skip
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-6000:]
+    return out, finished, resumed.stdout
+
+
+def fingerprint(out: Path, trial_id: str) -> tuple:
+    metrics = out / "trials" / trial_id / "pretrain" / "metrics.jsonl"
+    return metrics.read_bytes(), metrics.stat().st_mtime_ns
+
+
+def test_sweep_stops_a_trial_early_resumes_after_a_killed_driver_and_writes_results(smoke):
+    out, finished, console = smoke
+    for name in ("results.json", "results.md", "results.csv", "results.png", "best.yaml"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    by_lr = {t["config"]["set/stages.pretrain.train.lr"]: t for t in results["trials"]}
+    assert sorted(by_lr) == sorted(LRS) and len(results["trials"]) == 4
+    assert by_lr[2e-3]["status"] == "completed" and by_lr[2e-3]["steps"] == STEPS
+    assert by_lr[1e-7]["status"] == f"stopped early by ASHA at step {RUNG}" and by_lr[1e-7]["steps"] == RUNG
+    # After the resume: a fresh bracket, so the next slow learner is not stopped.
+    assert all(by_lr[lr]["status"] == "completed" for lr in (1e-6, 3e-3)), results["trials"]
+    # The two trials that ended before the kill were not trained again.
+    assert set(finished) == {by_lr[2e-3]["trial_id"], by_lr[1e-7]["trial_id"]}
+    assert all(fingerprint(out, tid) == fp for tid, fp in finished.items())
+    ran = re.findall(r"^\[tune smoke\] \d/4 (\S+):", console, flags=re.M)
+    assert len(ran) == 2 and not set(ran) & set(finished), console
+    assert all(t["objective"] == t["scores"]["val_loss"] for t in results["trials"])
+    best = results["best"]
+    assert best == min(results["trials"], key=lambda t: t["objective"]) and best["status"] == "completed"
+    assert best["config"]["set/stages.pretrain.train.lr"] in (2e-3, 3e-3)
+    # Ended trials keep no Train checkpoints; the best trial keeps its export, the others do not; no
+    # placement group of the sweep outlived it (the job checks Ray's own table).
+    assert not list((out / "train").glob("*/checkpoint_*"))
+    assert {p.parent.parent.name for p in (out / "trials").glob("*/pretrain/export")} == {best["trial_id"]}
+    assert results["placement_groups_left"] == []
+    assert f"stopped early by ASHA at step {RUNG}" in (out / "results.md").read_text()
+    # vilaray's lines on the console, not Tune's boxes and tables.
+    assert "[tune smoke] 1/4 " in console
+    assert not any(x in console for x in ("Trial status", "Configuration for experiment", "View detailed"))
+
+
+def test_best_recipe_trains_as_is(ray_session, smoke, world_dir, assets_dir):
+    """best.yaml is the shipped recipe with the best trial's settings; `jobs/pretrain.py` runs it (a short
+    pretraining from the same starting model the sweep used)."""
+    import pretrain
+    from vilaray.config import load_recipe
+
+    out, _, _ = smoke
+    best = load_recipe(out / "best.yaml")
+    results = json.loads((out / "results.json").read_text())
+    st = best.stages["pretrain"]
+    assert st.train.lr == results["best"]["config"]["set/stages.pretrain.train.lr"]
+    assert st.data.weights() == pytest.approx({"interleaved": 0.25, "pairs": 0.5, "text": 0.25})
+    assert st.train.max_steps == STEPS and list(best.stages) == ["align", "pretrain", "sft"]
+    run_root = Path(best.run_root)
+    (run_root / "best-run" / "align").mkdir(parents=True)
+    (run_root / "best-run" / "align" / "export").symlink_to(assets_dir)  # the sweep's start_from
+    argv = ["--recipe", str(out / "best.yaml"), "--stage", "pretrain", "--run-name", "best-run"]
+    assert pretrain.main([*argv, "--set", "stages.pretrain.train.max_steps=2"]) == 0
+    assert (run_root / "best-run" / "pretrain" / "export" / "config.json").is_file()
+
+
+def test_status_prints_the_table_so_far(smoke, capsys):
+    import tune as job
+
+    out, _, _ = smoke
+    root = out.parent
+    assert job.main(["--recipe", str(TINY_RECIPE), "--set", f"run_root={root}", "--status", "smoke"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Sweep results (4 trials") and "stopped early by ASHA" in printed
+    assert job.main(["--recipe", str(TINY_RECIPE), "--set", f"run_root={root}", "--status", "nope"]) == 2
