@@ -54,6 +54,7 @@ def test_smoke_space_draws_the_same_valid_mixtures_and_every_trial_recipe_valida
             st = trial.stages["pretrain"]
             assert st.data.weights() == pytest.approx(mix) and st.train.max_steps == 40 and st.train.seed == 3
             assert st.freeze.language_model.mode == ("full" if preset == "full" else "frozen")
+            assert st.validation.every == 10  # held-out loss at ASHA's first rung and every 10 steps
             # Everything the space does not touch is the recipe's.
             assert st.train.lr == recipe.stages["pretrain"].train.lr and "sft" in trial.stages
 
@@ -214,3 +215,12 @@ def test_fit_command_fits_a_sweeps_results(tiny, tmp_path, capsys):
     assert fit["trials"] == 12 and fit["heldout_spearman"] > 0.5
     assert abs(fit["best_predicted"]["pairs"] - 0.5) < 0.15
     assert job.main(["--recipe", str(TINY), "--set", f"run_root={tmp_path}", "--fit", "none"]) == 2
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "jobs" / "recipes" / "tune").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_spaces_load_on_the_tiny_recipe(tiny, assets_dir, path):
+    recipe, raw = tiny
+    space = load_space(path, recipe, raw, start_from=str(assets_dir))
+    assert space.param_space(recipe) and space.check(recipe, raw) is None

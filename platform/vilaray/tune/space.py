@@ -126,6 +126,9 @@ class Objective(Strict):
     def name(self) -> str:
         return self.metric or "objective"
 
+    def parts(self) -> list[str]:
+        return [self.metric] if self.metric else list(self.weights)
+
     def value(self, metrics: dict) -> float | None:
         """The objective from one report's metrics, or None if the report lacks any of its parts."""
         parts = {self.metric: 1.0} if self.metric else dict(self.weights)
@@ -150,6 +153,9 @@ class TuneSpace(Strict):
     num_samples: int = Field(4, ge=1)  # random mode: mixtures drawn (one trial each)
     seed: int = 0  # of the Dirichlet draws and Tune's samplers
     budget_steps: int = Field(ge=1)  # train.max_steps of every trial stage
+    # Validation / benchmarks (whichever the objective reads) every this many steps, so that ASHA's rungs
+    # (grace_steps x reduction_factor^k) find a result. None: ASHA's grace_steps; FIFO: the recipe's.
+    report_every: int | None = Field(None, ge=1)
     mix: dict[str, Mix] = Field(default_factory=dict)
     freeze: dict[str, list[str]] = Field(default_factory=dict)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -293,9 +299,15 @@ def trial_overrides(space: TuneSpace, config: dict) -> dict[str, Any]:
     """Dotted recipe keys -> values for one trial: its stages' budget, mixtures, freezing, params, seed."""
     config = flatten(config)
     out: dict[str, Any] = {}
+    every = space.report_every or (space.scheduler.grace_steps if space.scheduler.name == "asha" else None)
+    parts = space.objective.parts()
     for stage in space.stages:
         out[f"stages.{stage}.train.max_steps"] = space.budget_steps
         out[f"stages.{stage}.train.seed"] = config.get("seed", 0)
+        if every and any(p.startswith("val_loss") for p in parts):
+            out[f"stages.{stage}.validation.every"] = every
+        if every and any(p.startswith("eval/") for p in parts):
+            out[f"stages.{stage}.evaluation.every"] = every
     for key, value in config.items():
         kind, _, rest = key.partition("/")
         if kind == "mix":

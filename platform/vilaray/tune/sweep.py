@@ -189,6 +189,12 @@ def finish(sweep: Sweep, propose: int, keep_exports: bool, groups_before: set[st
             f"{fit['heldout_spearman']:.3f}; best predicted {fit['best_predicted']}",
             flush=True,
         )
+        if fit["heldout_spearman"] < 0.5:
+            print(
+                f"[tune {sweep.name}] the fit does not rank unseen trials (held-out Spearman below 0.5): its "
+                f"best predicted mixture is a guess; more trials or a stronger signal are needed",
+                flush=True,
+            )
         if propose:
             best = ranked(rows, space.objective.mode)[0]
             model = fit["model"]
