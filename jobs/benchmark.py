@@ -71,7 +71,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     bench = BENCHMARKS.get(args.benchmark)
     # One logical CPU per core unless set: throughput is compared against a single process.
-    init_ray(args.address, num_cpus=args.ray_cpus or os.cpu_count(), log_to_driver=False)
+    init_ray(
+        args.address,
+        num_cpus=args.ray_cpus or os.cpu_count(),
+        log_to_driver=False,
+        include_dashboard=bench.dashboard,
+    )
     report = bench.run(config_from_args(bench, args))
     print(report.table())
     out = Path(args.out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +190,23 @@ def test_serve_benchmark_measures_overhead_and_batching(ray_session, bench_root)
     lax = ServeBenchConfig(max_overhead_ms=1e9, min_scaling=0.0)
     assert len(check(strict, report)) == 2 and not check(lax, report)
     assert "tokens/s" in report.table() and "overhead" in report.table()
+
+
+def test_tune_benchmark_overhead_comes_from_both_measured_sides_and_its_checks_fire():
+    """The tune benchmark's arithmetic and verdicts on given timings (its real run is two sweeps' worth of
+    training, run by `jobs/benchmark.py tune`, not the suite)."""
+    from vilaray.bench.tune import TuneBenchConfig, TuneBenchReport, bench_space, check
+
+    cfg = TuneBenchConfig(trials=2)
+    ok = TuneBenchReport(dataclasses.asdict(cfg), [10.0, 12.0], 24.2, 2)
+    assert ok.overhead == pytest.approx(0.1) and check(cfg, ok) == []
+    assert ok.trials_per_hour() == pytest.approx({"back_to_back": 3600 * 2 / 22, "sweep": 3600 * 2 / 24.2})
+    slow = TuneBenchReport(dataclasses.asdict(cfg), [10.0, 12.0], 30.0, 1)
+    failures = check(cfg, slow)
+    assert len(failures) == 2 and "1 of 2 trials" in failures[0] and "36.4% > 15%" in failures[1]
+    slow.failures = failures
+    assert ok.table().endswith("PASS") and "FAIL: the sweep completed 1 of 2 trials" in slow.table()
+    # Both sides train the same cell: N copies of one mixture, the sweep run to the end (FIFO).
+    space = bench_space(TuneBenchConfig(trials=3), start_from=Path("/x"))
+    assert space["mix"]["pretrain"]["points"] == [space["mix"]["pretrain"]["points"][0]] * 3
+    assert space["scheduler"] == {"name": "fifo"}

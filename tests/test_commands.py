@@ -126,11 +126,11 @@ def test_make_world_command_reuses_a_built_world(world, assets_dir, tmp_path, ca
     assert_console_for_people(out)
 
 
-@pytest.mark.parametrize("bench", ["attention", "data", "train", "eval", "lm-head", "serve"])
+@pytest.mark.parametrize("bench", ["attention", "data", "train", "eval", "lm-head", "serve", "tune"])
 def test_benchmark_commands_parse(bench):
     import benchmark
 
-    # python jobs/benchmark.py attention|data|train|eval|lm-head|serve (their runs are tests/test_benchmark.py's)
+    # python jobs/benchmark.py attention|data|train|eval|lm-head|serve|tune (runs: tests/test_benchmark.py's)
     args = benchmark.build_parser().parse_args([bench])
     config = benchmark.config_from_args(benchmark.BENCHMARKS.get(bench), args)
     assert args.benchmark == bench and config == benchmark.BENCHMARKS.get(bench).config()

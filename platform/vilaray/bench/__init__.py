@@ -29,6 +29,8 @@ class Benchmark:
     run: Callable[[Any], BenchReport]
     default_out: str
     ray_cpus: float | None = None  # logical CPUs of a local Ray (None: one per core)
+    # A local Ray with the dashboard: Ray Train's placement-group cleaner needs its state API (Tune trials).
+    dashboard: bool = False
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
@@ -39,4 +41,4 @@ def register(bench: Benchmark) -> Benchmark:
 
 
 # Benchmark modules register themselves on import.
-from vilaray.bench import attention, data, evals, lm_head, serve, train  # noqa: E402,F401
+from vilaray.bench import attention, data, evals, lm_head, serve, train, tune  # noqa: E402,F401

@@ -3,12 +3,16 @@ objective, named after the trial so a restarted trial resumes its own Train runs
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from vilaray.config import Recipe
+from vilaray.config import Recipe, recipe_from_dict
+from vilaray.train.runner import RunPaths, run_stage
 from vilaray.tune.space import Objective, TuneSpace, trial_recipe
 
 
@@ -38,12 +42,6 @@ class Sweep:
 
 def load_sweep(root: Path) -> Sweep:
     """A sweep as its folder holds it (recipe.yaml, space.yaml): for --fit / --propose after the fact."""
-    import os
-
-    import yaml
-
-    from vilaray.config import recipe_from_dict
-
     if not (root / "space.yaml").is_file():
         raise FileNotFoundError(f"no sweep at {root} (no space.yaml)")
     raw = yaml.safe_load((root / "recipe.yaml").read_text())
@@ -72,12 +70,6 @@ class ObjectiveReport(TuneReportCallback):
 def run_trial(config: dict, sweep: Sweep) -> None:
     """Tune's function trainable: each of the space's stages with the trial's recipe, the first from the
     space's `start_from`, each next from the one before (its Train run named `<trial id>-<stage>`)."""
-    import os
-
-    from ray import tune
-
-    from vilaray.train.runner import RunPaths, run_stage
-
     # Tune starts a trial in its own folder; the recipe's relative paths (data, model, suite) are the
     # driver's, as for every other job (on a cluster, the job's working dir is the same on every node).
     if Path(sweep.cwd).is_dir():
