@@ -29,6 +29,7 @@ def sweep_flags(world: Path, assets: Path, run_root: Path) -> list[str]:
         [
             f"model.path={assets}",
             f"defaults.data.root={world}",
+            f"stages.sft.evaluation.data_root={world}",
             f"run_root={run_root}",
             "defaults.train.num_workers=1",
             "defaults.train.zero_stage=0",
@@ -163,3 +164,77 @@ def test_status_prints_the_table_so_far(smoke, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("# Sweep results (4 trials") and "stopped early by ASHA" in printed
     assert job.main(["--recipe", str(TINY_RECIPE), "--set", f"run_root={root}", "--status", "nope"]) == 2
+
+
+@pytest.fixture(scope="module")
+def findings(world_dir, assets_dir, tmp_path_factory):
+    """A miniature of `vila-findings.yaml`: two of its cells (the full recipe, the LLM frozen in
+    pretraining) at one seed, each trial pretrain + SFT for a few steps, then the harness at 0 and 4 shots
+    on a few samples per task with the shuffled-image control. Exports are kept to check the cells."""
+    root = tmp_path_factory.mktemp("findings")
+    space = yaml.safe_load((ROOT / "jobs/recipes/tune/vila-findings.yaml").read_text())
+    space |= {
+        "budget_steps": 2,
+        "seeds": [0],
+        "cells": {k: space["cells"][k] for k in ("full", "llm_frozen")},
+        "evaluate": space["evaluate"] | {"limit": 3, "batch_size": 8},
+    }
+    (root / "space.yaml").write_text(yaml.safe_dump(space))
+    argv = [sys.executable, "jobs/tune.py", "--recipe", str(TINY_RECIPE), "--space", str(root / "space.yaml"),
+            "--name", "findings", "--start-from", str(assets_dir), "--keep-exports",
+            *sweep_flags(world_dir, assets_dir, root),
+            # The harness scores each export; no held-out loss or in-training benchmark on the way.
+            "--set", "defaults.validation.every=0", "--set", "stages.sft.evaluation.every=0"]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    return root / "findings", done.stdout
+
+
+def lm_weights(export: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for f in sorted(export.glob("*.safetensors")):
+        tensors |= {k: v for k, v in load_file(f).items() if "language_model" in k}
+    assert tensors, export
+    return tensors
+
+
+def test_findings_grid_trains_each_cell_then_scores_its_export_with_the_harness(findings, assets_dir):
+    out, console = findings
+    results = json.loads((out / "results.json").read_text())
+    trials = {t["config"]["cell"]: t for t in results["trials"]}
+    assert sorted(trials) == ["full", "llm_frozen"] and all(
+        t["status"] == "completed" for t in trials.values()
+    )
+    for t in trials.values():
+        assert t["steps"] == 4  # pretrain 2 + SFT 2
+        for task in ("shapes_vqa", "shapes_captions", "shapes_text_mc"):
+            for k in (0, 4):
+                for tail in ("", "/shuffled"):
+                    assert 0 <= t["scores"][f"harness/{task}/{k}-shot{tail}"] <= 10
+                    assert t["scores"][f"harness/{task}/{k}-shot{tail}/stderr"] >= 0
+        vl = [t["scores"][f"harness/{task}/4-shot"] for task in ("shapes_vqa", "shapes_captions")]
+        assert t["objective"] == t["scores"]["harness/vl_avg/4-shot"] == pytest.approx(sum(vl) / 2)
+    # Each cell trained what it says: the LLM frozen in pretraining leaves the starting LM as it was
+    # (then SFT trains it); the full recipe changes it in pretraining.
+    start = lm_weights(assets_dir)
+    for cell, frozen in (("llm_frozen", True), ("full", False)):
+        trial = out / "trials" / trials[cell]["trial_id"]
+        pretrained = lm_weights(trial / "pretrain" / "export")
+        same = all(torch_equal(pretrained[k], start[k]) for k in start)
+        assert same == frozen, cell
+        assert not all(torch_equal(v, start[k]) for k, v in lm_weights(trial / "sft" / "export").items())
+    md = (out / "results.md").read_text()
+    assert "## Per cell (mean ± standard error over seeds)" in md
+    assert re.search(r"^\| full \| 1 \| ", md, flags=re.M) and re.search(
+        r"^\| llm_frozen \| 1 \| ", md, flags=re.M
+    )
+    assert "harness/shapes_vqa/4-shot/shuffled" in md.splitlines()[4]
+    assert "[tune findings] 2/2 " in console
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

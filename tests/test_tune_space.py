@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from vilaray.config import load_recipe
+from vilaray.config import apply_overrides, load_recipe
 from vilaray.tune.concurrency import max_concurrent_trials, trial_needs
 from vilaray.tune.regression import fit_mixture
 from vilaray.tune.space import SpaceError, TuneSpace, flatten, freeze_preset, load_space, trial_recipe
@@ -19,8 +19,10 @@ SMOKE = ROOT / "jobs" / "recipes" / "tune" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return load_recipe(TINY), yaml.safe_load(TINY.read_text())
+def tiny(world_dir):
+    """The shipped tiny recipe on the session's world (spaces that evaluate check the suite's files there)."""
+    flags = [f"defaults.data.root={world_dir}", f"stages.sft.evaluation.data_root={world_dir}"]
+    return load_recipe(TINY, flags), apply_overrides(yaml.safe_load(TINY.read_text()), flags)
 
 
 def write_space(tmp_path: Path, start_from: Path, **patch) -> Path:
@@ -116,6 +118,36 @@ def test_param_space_is_a_grid_of_the_drawn_mixtures(tiny, assets_dir, tmp_path)
             },
             "mix: every stage lists as many points",
         ),
+        ({"cells": {"frozen": {"freeze": {"pretrain": "llm_frozen"}}}}, "cells are an ablation grid"),
+        (
+            {"mode": "grid", "mix": None, "cells": {"a": {"mix": {"pretrain": {"pairs": 1, "vl_sft": 1}}}}},
+            "cells.a.mix.pretrain: sources ['vl_sft'] are not in stage 'pretrain'",
+        ),
+        (
+            {"mode": "grid", "mix": None, "cells": {"a": {"freeze": {"pretrain": "thaw"}}}},
+            "unknown freeze preset 'thaw'",
+        ),
+        (
+            {"mode": "grid", "mix": None, "cells": {"a": {"set": {"stages.pretrain.train.lr_typo": 1}}}},
+            "stages.pretrain.train.lr_typo",
+        ),
+        (
+            {"objective": {"metric": "harness/shapes_vqa/4-shot", "mode": "max"}},
+            "'harness/shapes_vqa/4-shot' is a harness score: add an `evaluate` section",
+        ),
+        (
+            {"objective": {"metric": "harness/shapes_vqa/4-shot", "mode": "max"}, "evaluate": {}},
+            "scheduler: ASHA stops trials on in-training results",
+        ),
+        (
+            {
+                "objective": {"metric": "harness/shapes_vqa/8-shot", "mode": "max"},
+                "evaluate": {},
+                "scheduler": {"name": "fifo"},
+            },
+            "objective: 'harness/shapes_vqa/8-shot' is not one of the evaluation's scores",
+        ),  # fmt: skip
+        ({"evaluate": {"tasks": ["shapes_vqa", "gqa"]}}, "evaluate.tasks: no task named ['gqa']"),
     ],
 )
 def test_bad_space_fails_before_any_trial_naming_the_key(tiny, assets_dir, tmp_path, patch, needle):
@@ -224,3 +256,72 @@ def test_shipped_spaces_load_on_the_tiny_recipe(tiny, assets_dir, path):
     recipe, raw = tiny
     space = load_space(path, recipe, raw, start_from=str(assets_dir))
     assert space.param_space(recipe) and space.check(recipe, raw) is None
+
+
+def test_findings_grid_is_one_factor_cells_crossed_with_seeds(tiny, assets_dir):
+    """VILA's ablations: every cell is the recipe with one thing changed, at three seeds each."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    recipe, raw = tiny
+    space = load_space(ROOT / "jobs/recipes/tune/vila-findings.yaml", recipe, raw, start_from=str(assets_dir))
+    trials = [flatten(cfg) for _, cfg in generate_variants(space.param_space(recipe))]
+    assert space.tune_samples() == 1  # the grid is the whole sweep
+    assert sorted((t["cell"], t["seed"]) for t in trials) == sorted(
+        (c, s)
+        for c in ("full", "llm_frozen", "pairs_only", "interleaved_only", "sft_no_text")
+        for s in (0, 1, 2)
+    )
+    built = {t["cell"]: trial_recipe(raw, space, t) for t in trials if t["seed"] == 1}
+    full = built["full"]
+    for stage in ("pretrain", "sft"):
+        st = full.stages[stage]
+        assert st.data.weights() == recipe.stages[stage].data.weights()
+        assert st.freeze == recipe.stages[stage].freeze and st.train.seed == 1 and st.train.max_steps == 150
+    assert built["llm_frozen"].stages["pretrain"].freeze.language_model.mode == "frozen"
+    assert built["llm_frozen"].stages["sft"].freeze.language_model.mode == "full"
+    assert set(built["pairs_only"].stages["pretrain"].data.weights()) == {"pairs", "pairs_llava", "text"}
+    assert set(built["interleaved_only"].stages["pretrain"].data.weights()) == {
+        "interleaved", "interleaved_mmc4", "text"
+    }  # fmt: skip
+    assert "text_sft" not in built["sft_no_text"].stages["sft"].data.weights()
+    assert built["sft_no_text"].stages["pretrain"].data.weights() == recipe.stages["pretrain"].data.weights()
+    assert space.evaluate.metrics(["shapes_vqa"]) >= {
+        "harness/vl_avg/4-shot",
+        "harness/shapes_vqa/0-shot/shuffled",
+    }
+    # The harness's inference actor needs a CPU once the trial's train workers are gone.
+    assert trial_needs(full, ["pretrain"], evaluates=True)["CPU"] >= 1.0
+    # SFT's in-training benchmark reads the suite when the stage starts: missing files fail the sweep first.
+    raw_missing = raw | {"stages": {**raw["stages"], "sft": {**raw["stages"]["sft"]}}}
+    raw_missing["stages"]["sft"]["evaluation"] = {
+        **raw["stages"]["sft"]["evaluation"],
+        "data_root": "/nowhere",
+    }
+    with pytest.raises(SpaceError, match=r"stages.sft.evaluation \(run every 140 steps\): .*does not exist"):
+        load_space(
+            ROOT / "jobs/recipes/tune/vila-findings.yaml", recipe, raw_missing, start_from=str(assets_dir)
+        )
+
+
+def test_grid_results_per_cell_mean_and_standard_error_over_seeds(tiny, tmp_path):
+    """results.md leads with VILA's layout: a row per cell, each score's mean ± SE over its seeds."""
+    from vilaray.tune.results import TrialRow, cells_summary, write_results
+
+    recipe, raw = tiny
+    space = TuneSpace.model_validate(
+        yaml.safe_load((ROOT / "jobs/recipes/tune/vila-findings.yaml").read_text())
+    )
+    rows = [
+        TrialRow(f"{cell}{seed}", "completed", {"cell": cell, "seed": seed}, 300, vqa,
+                 {"harness/shapes_vqa/4-shot": vqa, "harness/shapes_vqa/4-shot/stderr": 0.03})
+        for cell, base in (("full", 0.6), ("llm_frozen", 0.3))
+        for seed, vqa in enumerate((base - 0.1, base, base + 0.1))
+    ] + [TrialRow("late", "error: boom", {"cell": "full", "seed": 3}, 10)]  # fmt: skip
+    cells = {c["cell"]["cell"]: c for c in cells_summary(rows)}
+    assert cells["full"]["seeds"] == 3 and cells["full"]["mean"] == pytest.approx(0.6)
+    assert cells["full"]["stderr"] == pytest.approx(0.1 / 3**0.5)  # sd 0.1 over 3 seeds
+    assert set(cells["llm_frozen"]["scores"]) == {"harness/shapes_vqa/4-shot"}  # not the bootstrap errors
+    write_results(tmp_path, rows, space, raw)
+    md = (tmp_path / "results.md").read_text()
+    assert "| full | 3 | 0.6 ± 0.058 | 0.6 ± 0.058 |" in md and "| llm_frozen | 3 | 0.3 ± 0.058 |" in md
+    assert md.index("Per cell") < md.index("## Trials")

@@ -72,12 +72,20 @@ class TinyVLMSpec:
     max_positions: int = 4096
     # Steps of tower pretraining on rendered train-split scenes (vilaray.synth.tower); 0 keeps it random.
     tower_pretrain_steps: int = 300
+    # Steps of LM pretraining on the world's text corpus (vilaray.synth.lm); 0 keeps it random.
+    lm_pretrain_steps: int = 300
     seed: int = 0
 
 
-def build_tiny_vlm(tokenizer_dir: str | Path, out_dir: str | Path, spec: TinyVLMSpec = TinyVLMSpec()):
-    """A LLaVA-architecture VLM (SigLIP tower + mlp2x_gelu projector + Qwen2 LM), random init, saved with
-    its tokenizer and processor so `AutoModelForImageTextToText` / `AutoProcessor` load the directory."""
+def build_tiny_vlm(
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    spec: TinyVLMSpec = TinyVLMSpec(),
+    world_dir: str | Path | None = None,
+):
+    """A LLaVA-architecture VLM (SigLIP tower + mlp2x_gelu projector + Qwen2 LM): the tower pretrained on
+    rendered scenes, the LM on `world_dir`'s text corpus (random without a world), the projector random;
+    saved with its tokenizer and processor so `AutoModelForImageTextToText` / `AutoProcessor` load it."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -89,6 +97,7 @@ def build_tiny_vlm(tokenizer_dir: str | Path, out_dir: str | Path, spec: TinyVLM
         SiglipVisionConfig,
     )
 
+    from vilaray.synth.lm import LMPretraining, pretrain_language_model
     from vilaray.synth.tower import TowerPretraining, pretrain_tower
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -127,6 +136,11 @@ def build_tiny_vlm(tokenizer_dir: str | Path, out_dir: str | Path, spec: TinyVLM
     tower_stats = pretrain_tower(
         model.model.vision_tower, TowerPretraining(steps=spec.tower_pretrain_steps, seed=spec.seed)
     )
+    lm_stats = None
+    if world_dir is not None and spec.lm_pretrain_steps > 0:
+        lm_stats = pretrain_language_model(
+            model, tokenizer, world_dir, LMPretraining(steps=spec.lm_pretrain_steps, seed=spec.seed)
+        )
     model.generation_config.eos_token_id = [
         tokenizer.eos_token_id,
         tokenizer.convert_tokens_to_ids("<|im_end|>"),
@@ -150,7 +164,13 @@ def build_tiny_vlm(tokenizer_dir: str | Path, out_dir: str | Path, spec: TinyVLM
     processor.save_pretrained(str(out_dir))
     (out_dir / "vilaray.json").write_text(
         json.dumps(
-            {"projector": "mlp2x_gelu", "spec": spec.__dict__, "tower_pretraining": tower_stats}, indent=2
+            {
+                "projector": "mlp2x_gelu",
+                "spec": spec.__dict__,
+                "tower_pretraining": tower_stats,
+                "lm_pretraining": lm_stats,
+            },
+            indent=2,
         )
     )
     return model, processor
@@ -168,5 +188,5 @@ def build_assets(
         return out_dir
     tok_dir = out_dir / "tokenizer"
     train_tokenizer(world_texts(world_dir), tok_dir, vocab_size=vocab_size)
-    build_tiny_vlm(tok_dir, out_dir, spec)
+    build_tiny_vlm(tok_dir, out_dir, spec, world_dir=world_dir)
     return out_dir

@@ -70,6 +70,23 @@ def image_chat(chat_id: str, scene: Scene, rng: random.Random) -> Chat:
     return Chat(chat_id, tuple(CHAT_STYLES.get(name)(scene, rng)), scene)
 
 
+def image_sequence_chat(chat_id: str, scenes: list[Scene], rng: random.Random) -> Chat:
+    """One task over several images, a user turn each (its image, then the same kind of request) and the
+    reply about that turn's image: a sequence of solved examples, the layout of a k-shot prompt. Without
+    such chats every SFT conversation is about its first image, and a few-shot prompt's later images were
+    never what a reply had to read (the ICL probe in the README)."""
+    kind = rng.choice(("short_vqa", "brief"))
+    prompt = rng.choice(BRIEF_PROMPTS)
+    turns = []
+    for scene in scenes:
+        if kind == "brief":
+            turns.append((prompt, random_caption(scene, rng)))
+        else:
+            qa = rng.choice(vqa_questions(scene, rng, 2))
+            turns.append((f"{sentence(qa.question)}\n{SHORT_ANSWER}", qa.answer))
+    return Chat(chat_id, tuple(turns), scenes[0])
+
+
 # Text-only instructions answer in a sentence or, like LLaVA-1.5's short-answer VQA data, in one word when
 # the question carries the short-answer suffix; text-only multiple choice is prompted the same way.
 P_SHORT_TEXT_ANSWER = 0.5

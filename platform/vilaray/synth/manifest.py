@@ -10,7 +10,7 @@ from vilaray.registry import Registry
 from vilaray.synth.scenes import SPLIT_RULE
 
 FORMAT = "vilaray-shapes-world"
-VERSION = 1
+VERSION = 2  # 2: image-sequence SFT chats in sft_messages
 MANIFEST = "manifest.json"
 
 

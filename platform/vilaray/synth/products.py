@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vilaray.registry import Registry
-from vilaray.synth.chats import Chat, image_chat, text_chat
+from vilaray.synth.chats import Chat, image_chat, image_sequence_chat, text_chat
 from vilaray.synth.documents import make_document, similarity_matrix
 from vilaray.synth.eval_writers import CaptionImage, VqaImage, write_coco_captions, write_vqa
 from vilaray.synth.facts import Fact, corpus_paragraph, fact_base, mc_item
@@ -166,9 +166,26 @@ def _sft(b: _Build) -> None:
     b.counts["sft_text_only"] = b.scale.sft_text_chats
 
 
+# Of the OpenAI-messages SFT chats, this share are image sequences (2 to MAX_SEQUENCE_IMAGES images, a turn
+# each); the rest are single-image chats like LLaVA's. Within the recipes' max_images_per_doc (4).
+P_IMAGE_SEQUENCE = 0.5
+MAX_SEQUENCE_IMAGES = 4
+
+
+def _image_sequence(b: _Build, stream: str, i: int, chat_id: str) -> ImageChat:
+    rng = b.rng(stream, i)
+    scenes = [sample_scene(rng, "train") for _ in range(rng.randint(2, MAX_SEQUENCE_IMAGES))]
+    images = [b.icon(scene, rng, "train") for scene in scenes]
+    return ImageChat(image_sequence_chat(chat_id, scenes, rng), images[0], later_images=tuple(images[1:]))
+
+
 @PRODUCTS.register("sft_messages")
 def _sft_messages(b: _Build) -> None:
-    items = [_image_chat(b, "sft_messages", i, f"msg-{i:07d}") for i in range(b.scale.message_chats)]
+    def chat(i: int) -> ImageChat:
+        sequence = b.rng("sft_messages_kind", i).random() < P_IMAGE_SEQUENCE
+        return (_image_sequence if sequence else _image_chat)(b, "sft_messages", i, f"msg-{i:07d}")
+
+    items = [chat(i) for i in range(b.scale.message_chats)]
     write_messages(b.sink, "sft_messages", "sft_messages", "messages", items, b.scale.shards)
     b.counts["sft_messages"] = len(items)
 

@@ -282,6 +282,8 @@ class ImageChat:
     chat: Chat
     image: bytes | None
     image_first: bool = True  # where `<image>` sits in the first human turn (LLaVA data has both)
+    # Image-sequence chats (messages format only): the images of user turns 2, 3, ... in order.
+    later_images: tuple[bytes, ...] = ()
 
 
 def _llava_conversations(item: ImageChat) -> list[dict]:
@@ -308,9 +310,10 @@ def write_llava_sft(sink: Sink, kind: str, rel_dir: str, items: Sequence[ImageCh
 
 def openai_messages(item: ImageChat) -> list[dict]:
     messages: list[dict] = []
+    images = [item.image, *item.later_images]
     for k, (user, assistant) in enumerate(item.chat.turns):
-        if k == 0 and item.image is not None:
-            url = "data:image/png;base64," + base64.b64encode(item.image).decode()
+        if k < len(images) and images[k] is not None:
+            url = "data:image/png;base64," + base64.b64encode(images[k]).decode()
             content: Any = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": user}]
         else:
             content = user

@@ -9,9 +9,12 @@ import os
 from vilaray.config import Recipe
 
 
-def trial_needs(recipe: Recipe, stages: list[str], driver_cpus: float = 0.0) -> dict[str, float]:
+def trial_needs(
+    recipe: Recipe, stages: list[str], driver_cpus: float = 0.0, evaluates: bool = False
+) -> dict[str, float]:
     """The most any one of a trial's stages holds at a time: every train worker's CPUs/GPUs plus one
-    tokenizer actor per weighted source (streaming mode; a deterministic stage prepares before training)."""
+    tokenizer actor per weighted source (streaming mode; a deterministic stage prepares before training);
+    after them, `evaluates`: the harness's inference actor (one CPU; one GPU where training had them)."""
     cpus, gpus = 0.0, 0.0
     for name in stages:
         st = recipe.stages[name]
@@ -19,6 +22,8 @@ def trial_needs(recipe: Recipe, stages: list[str], driver_cpus: float = 0.0) -> 
         stream = len(d.weights()) * d.encode_cpus if t.data_mode == "streaming" else 0.0
         cpus = max(cpus, t.num_workers * t.cpus_per_worker + stream)
         gpus = max(gpus, float(t.num_workers if t.use_gpu else 0))
+    if evaluates:  # its one GPU (where training had them) is within the stages' already
+        cpus = max(cpus, 1.0)
     return {"CPU": cpus + driver_cpus, "GPU": gpus}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from vilaray.config import set_key
-from vilaray.tune.space import TuneSpace, flatten, trial_overrides
+from vilaray.tune.space import METRIC_PREFIXES, TuneSpace, flatten, trial_overrides
 
 
 @dataclass
@@ -46,7 +46,7 @@ def trial_row(trial, total_steps: int, status: str | None = None) -> TrialRow:
         status = "completed" if steps >= total_steps else f"stopped early by ASHA at step {steps}"
     else:
         status = state.lower()
-    scores = {k: float(v) for k, v in last.items() if k == "val_loss" or k.startswith(("val_loss/", "eval/"))}
+    scores = {k: float(v) for k, v in last.items() if k.startswith(METRIC_PREFIXES)}
     objective = last.get("objective")
     return TrialRow(
         trial.trial_id,
@@ -79,8 +79,9 @@ def columns(rows: list[TrialRow]) -> tuple[list[str], list[str]]:
 
 
 def table(rows: list[TrialRow], mode: str, metric: str) -> str:
-    """A Markdown table, best first (unfinished and failed trials after)."""
+    """A Markdown table, best first (unfinished and failed trials after); bootstrap errors stay in the CSV."""
     configs, scores = columns(rows)
+    scores = [k for k in scores if not k.endswith("/stderr")]
     order = ranked(rows, mode)
     order += [r for r in rows if r not in order]
     head = ["trial", "status", "steps", f"objective ({metric}, {mode})", *configs, *scores]
@@ -93,20 +94,55 @@ def table(rows: list[TrialRow], mode: str, metric: str) -> str:
     return "\n".join(lines)
 
 
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (sample standard deviation / sqrt(n)); NaN error for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
+    return mean, se
+
+
 def cells_summary(rows: list[TrialRow]) -> list[dict]:
-    """Grid mode: per cell (the config without its seed) the mean objective ± standard error over seeds."""
-    cells: dict[str, list[float]] = {}
+    """Grid mode: per cell (the config without its seed) the mean ± standard error over seeds of the
+    objective and of every score the cell's trials all have (a score's own bootstrap error left out)."""
+    cells: dict[str, list[TrialRow]] = {}
     for r in rows:
         if r.finished:
             key = json.dumps({k: v for k, v in r.config.items() if k != "seed"}, sort_keys=True)
-            cells.setdefault(key, []).append(r.objective)
+            cells.setdefault(key, []).append(r)
     out = []
-    for key, values in cells.items():
-        n = len(values)
-        mean = sum(values) / n
-        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
-        out.append({"cell": json.loads(key), "seeds": n, "mean": mean, "stderr": se})
+    for key, members in cells.items():
+        mean, se = mean_se([r.objective for r in members])
+        shared = set.intersection(*(set(r.scores) for r in members))
+        scores = {
+            name: dict(zip(("mean", "stderr"), mean_se([r.scores[name] for r in members])))
+            for name in sorted(shared)
+            if not name.endswith("/stderr")
+        }
+        out.append(
+            {"cell": json.loads(key), "seeds": len(members), "mean": mean, "stderr": se, "scores": scores}
+        )
     return out
+
+
+def _pm(mean: float, stderr: float) -> str:
+    return f"{mean:.4g}" if math.isnan(stderr) else f"{mean:.4g} ± {stderr:.2g}"
+
+
+def cells_table(cells: list[dict], metric: str) -> str:
+    """Grid mode's table (VILA's layout): a row per cell, a column per score, mean ± SE over seeds (the
+    harness's scores where trials were evaluated; in-training ones are in the trials' table)."""
+    names = sorted({n for c in cells for n in c["scores"]})
+    if any(n.startswith("harness/") for n in names):
+        names = [n for n in names if n.startswith("harness/")]
+    head = ["cell", "seeds", f"objective ({metric})", *names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        label = c["cell"].get("cell") or _cell({k: v for k, v in c["cell"].items()}) or "(recipe)"
+        cells_ = [str(label), str(c["seeds"]), _pm(c["mean"], c["stderr"])]
+        cells_ += [_pm(**c["scores"][n]) if n in c["scores"] else "" for n in names]
+        lines.append("| " + " | ".join(cells_) + " |")
+    return "\n".join(lines)
 
 
 def best_recipe(raw: dict, space: TuneSpace, config: dict) -> dict:
@@ -129,8 +165,9 @@ def write_results(
         "best": asdict(best[0]) if best else None,
         "fit": fit,
     }
+    cells = cells_summary(rows) if space.mode == "grid" else []
     if space.mode == "grid":
-        summary["cells"] = cells_summary(rows)
+        summary["cells"] = cells
     (root / "results.json").write_text(json.dumps(summary, indent=2))
     configs, scores = columns(rows)
     with (root / "results.csv").open("w", newline="") as f:
@@ -145,7 +182,17 @@ def write_results(
                 ]
                 + [r.scores.get(k) for k in scores]
             )
-    md = [f"# Sweep results ({len(rows)} trials, objective {metric}, {mode})", "", table(rows, mode, metric)]
+    md = [f"# Sweep results ({len(rows)} trials, objective {metric}, {mode})", ""]
+    if cells:
+        md += [
+            "## Per cell (mean ± standard error over seeds)",
+            "",
+            cells_table(cells, metric),
+            "",
+            "## Trials",
+            "",
+        ]
+    md += [table(rows, mode, metric)]
     if fit:
         md += [
             "",

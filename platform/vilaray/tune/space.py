@@ -2,9 +2,9 @@
 starts, and turned into Ray Tune's param space and each trial's recipe.
 
 A trial's config is flat and JSON-able: `mix/<stage>` (source -> weight, a point on the simplex),
-`freeze/<stage>` (a preset name), `set/<dotted.recipe.key>` (a value) and `seed`. Mixtures are drawn up
-front from a seeded Dirichlet (or listed, in grid mode) and handed to Tune as a grid, so a sweep's trials are
-the same on every run and on a resume.
+`freeze/<stage>` (a preset name), `set/<dotted.recipe.key>` (a value), `cell` (a named ablation cell's
+overrides, grid mode) and `seed`. Mixtures are drawn up front from a seeded Dirichlet (or listed, in grid
+mode) and handed to Tune as a grid, so a sweep's trials are the same on every run and on a resume.
 """
 
 from __future__ import annotations
@@ -103,9 +103,14 @@ class Mix(Strict):
         return self
 
 
+# Where an objective's metric comes from, by prefix: held-out loss and in-training benchmarks are reported
+# during training (ASHA can stop on them); `harness/...` scores only once the trial's export is evaluated.
+METRIC_PREFIXES = ("val_loss", "eval/", "harness/")
+
+
 class Objective(Strict):
     """What Tune optimises: one metric, or a weighted sum of several (`eval/<task>/<k>-shot`, `val_loss`,
-    `val_loss/<source>`)."""
+    `val_loss/<source>`, `harness/<task>/<k>-shot`)."""
 
     metric: str | None = None
     weights: dict[str, float] | None = None
@@ -116,9 +121,10 @@ class Objective(Strict):
         if (self.metric is None) == (not self.weights):
             raise ValueError("give either metric or weights (a weighted sum of metrics)")
         for name in [self.metric] if self.metric else list(self.weights):
-            if not (name == "val_loss" or name.startswith(("val_loss/", "eval/"))):
+            if not (name == "val_loss" or name.startswith(("val_loss/", "eval/", "harness/"))):
                 raise ValueError(
-                    f"metric {name!r}: expected val_loss, val_loss/<source> or eval/<task>/<k>-shot"
+                    f"metric {name!r}: expected val_loss, val_loss/<source>, eval/<task>/<k>-shot or "
+                    f"harness/<task>/<k>-shot"
                 )
         return self
 
@@ -135,6 +141,46 @@ class Objective(Strict):
         if any(k not in metrics for k in parts):
             return None
         return float(sum(w * float(metrics[k]) for k, w in parts.items()))
+
+
+class HarnessEval(Strict):
+    """The evaluation harness on a trial's final export, after its last stage: the suite's `tasks` at
+    `shots` on `limit` held-out samples each (bootstrap standard errors), optionally the shuffled-image
+    control. Scores join the trial's row as `harness/<task>/<k>-shot` (and `.../shuffled`, `.../stderr`)."""
+
+    suite: str = "evals/shapes.yaml"
+    data_root: str | None = None  # None: the trial's last stage's data root (the world it trained on)
+    tasks: list[str] | None = None  # None: every task of the suite
+    shots: list[int] = Field(default_factory=lambda: [0, 4], min_length=1)
+    limit: int = Field(100, ge=1)
+    control: bool = False
+    batch_size: int = Field(16, ge=1)
+
+    def root(self, recipe: Recipe, stages: list[str]) -> str:
+        return self.data_root or recipe.stages[stages[-1]].data.root
+
+    def metrics(self, suite_tasks: list[str]) -> set[str]:
+        names = [*(self.tasks or suite_tasks), "vl_avg"]
+        out = {f"harness/{t}/{k}-shot" for t in names for k in self.shots}
+        if self.control:
+            out |= {f"{m}/shuffled" for m in out}
+        return out
+
+
+class Cell(Strict):
+    """One named cell of an ablation grid: the overrides that make it differ from the recipe (a stage's
+    mixture, a stage's freezing preset, dotted recipe keys). An empty cell is the recipe itself."""
+
+    mix: dict[str, dict[str, float]] = Field(default_factory=dict)
+    freeze: dict[str, str] = Field(default_factory=dict)
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mixes_are_mixtures(self) -> Cell:
+        for stage, p in self.mix.items():
+            if not p or any(w < 0 for w in p.values()) or sum(p.values()) <= 0:
+                raise ValueError(f"mix.{stage} {p}: weights must be >= 0 with a positive sum")
+        return self
 
 
 class Scheduler(Strict):
@@ -159,16 +205,29 @@ class TuneSpace(Strict):
     mix: dict[str, Mix] = Field(default_factory=dict)
     freeze: dict[str, list[str]] = Field(default_factory=dict)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Grid mode: named one-factor cells (VILA-style ablations against the recipe), crossed with the seeds.
+    cells: dict[str, Cell] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    evaluate: HarnessEval | None = None
     objective: Objective
     scheduler: Scheduler = Scheduler()
 
     @model_validator(mode="after")
     def _something_varies(self) -> TuneSpace:
-        if not (self.mix or self.freeze or self.params or len(self.seeds) > 1):
-            raise ValueError("the space is empty: give mix, freeze, params or several seeds")
+        if not (self.mix or self.freeze or self.params or self.cells or len(self.seeds) > 1):
+            raise ValueError("the space is empty: give mix, freeze, params, cells or several seeds")
         if self.mode == "grid" and any(m.points is None for m in self.mix.values()):
             raise ValueError("grid mode lists its mixtures: give mix.<stage>.points")
+        if self.cells and self.mode != "grid":
+            raise ValueError("cells are an ablation grid: set mode: grid")
+        harness = [p for p in self.objective.parts() if p.startswith("harness/")]
+        if harness and self.evaluate is None:
+            raise ValueError(f"objective {harness[0]!r} is a harness score: add an `evaluate` section")
+        if harness and self.scheduler.name == "asha":
+            raise ValueError(
+                "scheduler: ASHA stops trials on in-training results, and harness scores exist only once a "
+                "trial has ended: use fifo, or an eval/... or val_loss objective"
+            )
         for key, dist in self.params.items():
             if len(dist) != 1:
                 raise ValueError(f"params.{key}: one distribution, e.g. {{loguniform: [1e-4, 1e-3]}}")
@@ -220,16 +279,64 @@ class TuneSpace(Strict):
                 DISTRIBUTIONS.get(kind)(args)
             except (KeyError, ValueError) as e:
                 raise SpaceError(f"params.{key}: {e}") from None
-        # One recipe per corner of the space (each preset, each param's first option): an unknown key or a
-        # value of the wrong type fails here with the recipe's own error.
+        for name, cell in self.cells.items():
+            self._check_cell(recipe, name, cell)
+        if self.evaluate is not None:
+            self._check_evaluate(recipe)
+        # One recipe per corner of the space (each preset, each cell, each param's first option): an unknown
+        # key or a value of the wrong type fails here with the recipe's own error.
         for config in self.corners(recipe):
-            trial_recipe(raw, self, config)
+            trial = trial_recipe(raw, self, config)
+            for stage in self.stages:
+                self._check_training_suite(trial, stage)
+
+    def _check_cell(self, recipe: Recipe, name: str, cell: Cell) -> None:
+        for stage, weights in cell.mix.items():
+            if stage not in self.stages:
+                raise SpaceError(f"cells.{name}.mix.{stage}: not one of the sweep's stages {self.stages}")
+            have = set(recipe.stages[stage].data.sources)
+            if missing := sorted(set(weights) - have):
+                raise SpaceError(
+                    f"cells.{name}.mix.{stage}: sources {missing} are not in stage {stage!r} ({sorted(have)})"
+                )
+        for stage, preset in cell.freeze.items():
+            if stage not in self.stages:
+                raise SpaceError(f"cells.{name}.freeze.{stage}: not one of the sweep's stages {self.stages}")
+            freeze_preset(preset)
+
+    def _check_training_suite(self, trial: Recipe, stage: str) -> None:
+        """A stage's in-training benchmark reads its suite's files when the stage starts: check them now."""
+        from vilaray.evals.tasks import TaskFileError, load_suite
+
+        ev = trial.stages[stage].evaluation
+        if ev.every:
+            try:
+                load_suite(ev.suite, ev.data_root)
+            except (TaskFileError, OSError) as e:
+                raise SpaceError(f"stages.{stage}.evaluation (run every {ev.every} steps): {e}") from None
+
+    def _check_evaluate(self, recipe: Recipe) -> None:
+        from vilaray.evals.tasks import TaskFileError, load_suite
+
+        ev = self.evaluate
+        try:
+            suite, _ = load_suite(ev.suite, ev.root(recipe, self.stages))
+        except (TaskFileError, OSError) as e:
+            raise SpaceError(f"evaluate.suite: {e}") from None
+        names = [t.name for t in suite.tasks]
+        if unknown := sorted(set(ev.tasks or []) - set(names)):
+            raise SpaceError(f"evaluate.tasks: no task named {unknown} in {ev.suite} ({names})")
+        have = ev.metrics(names)
+        for part in self.objective.parts():
+            if part.startswith("harness/") and part not in have:
+                raise SpaceError(f"objective: {part!r} is not one of the evaluation's scores {sorted(have)}")
 
     def corners(self, recipe: Recipe) -> list[dict]:
         base = self.example(recipe)
         out = [base]
         for stage, presets in self.freeze.items():
             out += [base | {f"freeze/{stage}": p} for p in presets]
+        out += [base | {"cell": name} for name in self.cells]
         return out
 
     def example(self, recipe: Recipe) -> dict:
@@ -242,6 +349,8 @@ class TuneSpace(Strict):
         for key, dist in self.params.items():
             ((kind, args),) = dist.items()
             config[f"set/{key}"] = args[0]
+        if self.cells:
+            config["cell"] = next(iter(self.cells))
         return config
 
     # ------------------------------------------------------------------------------------ to Ray Tune
@@ -257,8 +366,9 @@ class TuneSpace(Strict):
         return [{n: round(float(w), 6) for n, w in zip(names, row)} for row in draws]
 
     def tune_samples(self) -> int:
-        """Tune's `num_samples`: the mixtures are already a grid (one trial each), else `num_samples` draws."""
-        return 1 if self.mix else self.num_samples
+        """Tune's `num_samples`: 1 when the space is a grid (grid mode, or drawn mixtures: one trial each),
+        else `num_samples` draws."""
+        return 1 if self.mix or self.mode == "grid" else self.num_samples
 
     def param_space(self, recipe: Recipe) -> dict:
         """Ray Tune's param space. Mixtures and seeds are grids; presets and choices a grid in grid mode, else
@@ -283,6 +393,8 @@ class TuneSpace(Strict):
                 space[f"set/{key}"] = tune.grid_search(values) if grid else tune.choice(values)
             else:
                 space[f"set/{key}"] = getattr(tune, name)(*values)
+        if self.cells:
+            space["cell"] = tune.grid_search(list(self.cells))
         space["seed"] = tune.grid_search(self.seeds) if len(self.seeds) > 1 else self.seeds[0]
         return space
 
@@ -308,6 +420,14 @@ def trial_overrides(space: TuneSpace, config: dict) -> dict[str, Any]:
             out[f"stages.{stage}.validation.every"] = every
         if every and any(p.startswith("eval/") for p in parts):
             out[f"stages.{stage}.evaluation.every"] = every
+    if "cell" in config:
+        cell = space.cells[config["cell"]]
+        config = (
+            {f"mix/{stage}": w for stage, w in cell.mix.items()}
+            | {f"freeze/{stage}": p for stage, p in cell.freeze.items()}
+            | {f"set/{key}": v for key, v in cell.set.items()}
+            | config
+        )
     for key, value in config.items():
         kind, _, rest = key.partition("/")
         if kind == "mix":

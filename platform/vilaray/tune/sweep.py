@@ -101,7 +101,9 @@ def scheduler(sweep: Sweep):
 def concurrency(sweep: Sweep) -> int:
     """Trials at once: one trial's needs (its example recipe) against the machine's real resources."""
     example = trial_recipe(sweep.raw, sweep.space, sweep.space.example(sweep.recipe))
-    needs = trial_needs(example, sweep.space.stages, driver_cpus=TRIAL_DRIVER_CPUS)
+    needs = trial_needs(
+        example, sweep.space.stages, driver_cpus=TRIAL_DRIVER_CPUS, evaluates=sweep.space.evaluate is not None
+    )
     return max_concurrent_trials(real_resources(), needs)
 
 

@@ -1,8 +1,10 @@
 """One Tune trial: its recipe through the stage runner, rank 0's reports reaching Tune when they carry the
-objective, named after the trial so a restarted trial resumes its own Train runs."""
+objective, named after the trial so a restarted trial resumes its own Train runs; then, when the space asks,
+the evaluation harness on the trial's export (its scores in the trial's last result)."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from vilaray.config import Recipe, recipe_from_dict
 from vilaray.train.runner import RunPaths, run_stage
-from vilaray.tune.space import Objective, TuneSpace, trial_recipe
+from vilaray.tune.space import HarnessEval, Objective, TuneSpace, trial_recipe
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,10 @@ def run_trial(config: dict, sweep: Sweep) -> None:
     trial_id = tune.get_context().get_trial_id()
     recipe = trial_recipe(sweep.raw, sweep.space, config)
     paths = RunPaths(trial_id, str(sweep.train_storage), sweep.trials_dir / trial_id)
-    offset = 0
+    offset, result = 0, None
     for i, stage in enumerate(sweep.space.stages):
         start = sweep.space.start_from if i == 0 else None
-        run_stage(
+        result = run_stage(
             recipe,
             stage,
             paths,
@@ -88,3 +90,47 @@ def run_trial(config: dict, sweep: Sweep) -> None:
             start_from=Path(start) if start else None,
         )
         offset += recipe.stages[stage].train.max_steps
+    ev = sweep.space.evaluate
+    if ev is not None and result is not None and result.export is not None:
+        # The trial's last result: the last stage's latest value of every metric (validation runs every few
+        # steps, so the latest val_loss is carried forward), the harness's scores, and the objective.
+        scores = harness_scores(result.export, ev, ev.root(recipe, sweep.space.stages))
+        row = latest_metrics(result.stage_dir / "metrics.jsonl") | scores
+        value = sweep.space.objective.value(row)
+        if value is not None:
+            tune.report(row | {"objective": value, "stage": "evaluate", "trial_step": offset})
+
+
+def latest_metrics(path: Path) -> dict[str, float]:
+    """Every numeric metric of a stage's metrics.jsonl at its latest value."""
+    out: dict[str, float] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        out |= {k: v for k, v in json.loads(line).items() if isinstance(v, int | float)}
+    return out
+
+
+def harness_scores(export: Path, ev: HarnessEval, data_root: str) -> dict[str, float]:
+    """The harness on one export (Ray Data inference actors, as `jobs/evaluate.py` runs it): each
+    `harness/<task>/<k>-shot` with its bootstrap `.../stderr`, and `.../shuffled` for the control."""
+    from vilaray.evals.harness import evaluate_model, load_tasks
+    from vilaray.evals.tasks import load_suite
+
+    suite, base = load_suite(ev.suite, data_root)
+    # The space's `limit` replaces the suite's per-task limits (sized for a demo's quick table).
+    chosen = [t.model_copy(update={"limit": None}) for t in suite.tasks if not ev.tasks or t.name in ev.tasks]
+    tasks = load_tasks(suite.model_copy(update={"tasks": chosen}), base, ev.limit)
+    vision = [t.task.name for t in tasks if t.task.kind != "multiple_choice"]
+    out: dict[str, float] = {}
+    for control in [False, True] if ev.control else [False]:
+        scores = evaluate_model(
+            export, tasks, ev.shots, suite.seed, backend="ray", batch_size=ev.batch_size, control=control
+        ).scores
+        tail = "/shuffled" if control else ""
+        for key, s in scores.items():
+            out[f"harness/{key}{tail}"], out[f"harness/{key}{tail}/stderr"] = s.value, s.stderr
+        # VILA's summary column: the mean over the vision-language tasks at each shot count.
+        for k in ev.shots if vision else []:
+            out[f"harness/vl_avg/{k}-shot{tail}"] = sum(scores[f"{t}/{k}-shot"].value for t in vision) / len(
+                vision
+            )
+    return out
