@@ -10,7 +10,7 @@ from vilaray.registry import Registry
 from vilaray.synth.scenes import SPLIT_RULE
 
 FORMAT = "vilaray-shapes-world"
-VERSION = 2  # 2: image-sequence SFT chats in sft_messages
+VERSION = 2  # 2: image-sequence SFT chats in sft_messages; 300 caption eval images (small)
 MANIFEST = "manifest.json"
 
 
@@ -77,7 +77,7 @@ SCALES: Registry[WorldScale] = Registry(
             text_instructions=1500,
             vqa_eval_images=300,
             vqa_support_images=100,
-            caption_eval_images=200,
+            caption_eval_images=300,
             caption_support_images=50,
             photo_pairs=200,
             photo_docs=40,
