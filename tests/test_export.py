@@ -61,7 +61,7 @@ def test_export_loads_with_auto_class_and_gives_the_same_logits(
             position_ids=batch["position_ids"],
             use_cache=False,
         ).logits
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
     # The saved processor expands <image> to the projector's count and normalises like the training path.
     processor = AutoProcessor.from_pretrained(str(out))
@@ -82,7 +82,7 @@ def test_export_loads_with_auto_class_and_gives_the_same_logits(
     # The next stage starts from this export: same logits through vilaray's own loader.
     again, _ = load_vlm(out)
     with torch.no_grad():
-        torch.testing.assert_close(again.eval()(**batch).logits, ours, atol=1e-5, rtol=0)
+        torch.testing.assert_close(again.eval()(**batch).logits, ours, atol=1e-4, rtol=1e-4)
 
 
 def test_export_keeps_parameter_dtype(assets_dir, tmp_path):
