@@ -15,7 +15,13 @@ from vilaray.config import load_recipe
 from vilaray.console import point_to_logs_on_failure
 from vilaray.data.prepare import format_report, prepare
 from vilaray.evals.floors import shapes_floors
-from vilaray.evals.harness import baseline_result, evaluate_model, load_tasks, prompts_used
+from vilaray.evals.harness import (
+    baseline_result,
+    evaluate_model,
+    evaluate_with_control,
+    load_tasks,
+    prompts_used,
+)
 from vilaray.evals.report import write_report
 from vilaray.evals.tasks import load_suite
 from vilaray.runtime import init_job
@@ -70,12 +76,12 @@ def evaluate_stages(recipe, paths, exports: dict, world_root, limit: int):
     tasks = load_tasks(suite, base, limit)
     models = {"untrained": recipe.model.path} | exports
     results = [baseline_result(tasks, suite.shots, suite.seed)]
-    results += [evaluate_model(d, tasks, suite.shots, suite.seed, name) for name, d in models.items()]
-    # The grounding control: the final model with every query's image swapped for another's.
-    control = evaluate_model(
-        exports["sft"], tasks, suite.shots, suite.seed, "sft, shuffled images", control=True
+    scored = [name for name in models if name != "sft"]
+    results += [evaluate_model(models[name], tasks, suite.shots, suite.seed, name) for name in scored]
+    # The final model, and its grounding control (every query's image swapped for another's) in one pass.
+    results += evaluate_with_control(
+        exports["sft"], tasks, suite.shots, suite.seed, "sft", "sft, shuffled images"
     )
-    results.append(control)
     metrics = {t.task.name: t.task.metric for t in tasks}
     meta = {"suite": str(SUITE), "shots": suite.shots, "models": {k: str(v) for k, v in models.items()}}
     table = write_report(paths.run_dir / "eval", results, metrics, prompts_used(tasks), meta)

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401
 from vilaray.console import quiet_console
-from vilaray.evals.harness import baseline_result, evaluate_model, load_tasks, prompts_used
+from vilaray.evals.harness import (
+    baseline_result,
+    evaluate_model,
+    evaluate_with_control,
+    load_tasks,
+    prompts_used,
+)
 from vilaray.evals.report import write_report
 from vilaray.evals.tasks import TaskFileError, load_suite
 from vilaray.runtime import init_job
@@ -60,10 +66,11 @@ def run(args: argparse.Namespace) -> str:
     for model, name in zip(args.model, names):
         t0 = time.time()
         run_kw = {"backend": args.backend, "batch_size": args.batch_size, "actors": args.actors}
-        results.append(evaluate_model(model, tasks, shots, suite.seed, name, **run_kw))
         if args.control:
             shuffled = f"{name} (shuffled images)"
-            results.append(evaluate_model(model, tasks, shots, suite.seed, shuffled, control=True, **run_kw))
+            results += evaluate_with_control(model, tasks, shots, suite.seed, name, shuffled, **run_kw)
+        else:
+            results.append(evaluate_model(model, tasks, shots, suite.seed, name, **run_kw))
         print(f"[eval] {name}: {time.time() - t0:.1f}s", flush=True)
     metrics = {t.task.name: t.task.metric for t in tasks}
     skipped = {t.task.name: t.skipped for t in tasks if t.skipped}

@@ -65,15 +65,17 @@ def test_sft_and_evaluate_commands(tiny_run, small_world_dir, capsys):
     assert f"[sft] step {last}/{last} loss" in tiny_run.consoles["sft"]
     assert_console_for_people(tiny_run.consoles["sft"])
     # python jobs/evaluate.py --model runs/demo/sft/export --model runs/demo/pretrain/export --shots 0,4
+    # (with the README's --control: each model's shuffled-image row from the same inference pass)
     models = [str(tiny_run.exports[s]) for s in ("sft", "pretrain")]
     out_dir = tiny_run.paths.run_dir / "eval"
-    argv = ["--model", models[0], "--model", models[1], "--shots", "0,4"]
+    argv = ["--model", models[0], "--model", models[1], "--shots", "0,4", "--control"]
     assert (
         evaluate.main([*argv, "--data-root", str(small_world_dir), "--limit", "2", "--out", str(out_dir)])
         == 0
     )
     table = capsys.readouterr().out
     assert all(m in table for m in models) and "4-shot" in table
+    assert all(f"{m} (shuffled images)" in table for m in models)
     result = json.loads((out_dir / "results.json").read_text())
     assert result["meta"]["shots"] == [0, 4] and result["meta"]["models"] == models
     assert_console_for_people(table)

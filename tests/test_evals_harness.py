@@ -14,11 +14,13 @@ from conftest import SUITE
 from vilaray.evals.harness import (
     baseline_result,
     evaluate_model,
+    evaluate_with_control,
     load_tasks,
     prompt_items,
     score,
     shuffled_images,
 )
+from vilaray.evals.inference import infer_local
 from vilaray.evals.prompts import ShotLeak, build_prompt, draw_shots
 from vilaray.evals.tasks import TaskFileError, load_split, load_suite
 from vilaray.synth.chats import BRIEF_PROMPTS, SHORT_ANSWER
@@ -142,7 +144,10 @@ def test_empty_and_unicode_predictions_score_zero(world_dir):
 def test_ray_data_inference_matches_one_process(ray_session, world_dir, assets_dir):
     suite, base = load_suite(SUITE, world_dir)
     tasks = load_tasks(suite, base, limit=3)
-    ray_result = evaluate_model(assets_dir, tasks, [0, 2], suite.seed, "tiny", backend="ray", batch_size=4)
+    # The export and its shuffled-image control in one Ray pass (one actor pool).
+    ray_result, ray_control = evaluate_with_control(
+        assets_dir, tasks, [0, 2], suite.seed, "tiny", "tiny, shuffled", backend="ray", batch_size=4
+    )
     local = evaluate_model(assets_dir, tasks, [0, 2], suite.seed, "tiny", backend="local", batch_size=1)
     assert set(ray_result.scores) == {f"{t.task.name}/{k}-shot" for t in tasks for k in (0, 2)}
     key = [(p["task"], p["shots"], p["uid"]) for p in local.predictions]
@@ -151,5 +156,14 @@ def test_ray_data_inference_matches_one_process(ray_session, world_dir, assets_d
     same = sum(a["prediction"] == b["prediction"] for a, b in zip(local.predictions, ray_result.predictions))
     assert same >= 0.9 * len(key)
     assert len(prompt_items(tasks, [0, 2], suite.seed)) == len(key)
+    # The control's rows came back under their queries' own keys, answered on the swapped images.
+    assert ray_control.model == "tiny, shuffled" and set(ray_control.scores) == set(ray_result.scores)
+    assert [(p["task"], p["shots"], p["uid"]) for p in ray_control.predictions] == key
+    swapped = infer_local(assets_dir, shuffled_images(prompt_items(tasks, [0, 2], suite.seed), suite.seed))
+    same = sum(
+        p["prediction"] == swapped[(p["task"], p["shots"], p["uid"])]["prediction"]
+        for p in ray_control.predictions
+    )
+    assert same >= 0.9 * len(key)
     base_row = baseline_result(tasks, [0, 2], suite.seed)
     assert 0 < base_row.scores["shapes_text_mc/0-shot"].value < 1

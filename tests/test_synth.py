@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -442,7 +443,7 @@ def test_tower_pretraining_learns_what_is_where_from_train_scenes_only(monkeypat
     assert after["readout_accuracy"] > 0.8 > before["readout_accuracy"]
 
 
-def test_tiny_lm_arrives_pretrained_on_the_worlds_text(small_world_dir, small_assets_dir):
+def test_tiny_lm_arrives_pretrained_on_the_worlds_text(small_world_dir, small_assets_dir, assets_dir):
     """The demo's assets: their LM beats the same architecture at random init on text documents it never
     trained on (those the data pipeline holds out), measured here, not read from the build's own report."""
     import torch
@@ -450,7 +451,7 @@ def test_tiny_lm_arrives_pretrained_on_the_worlds_text(small_world_dir, small_as
     from vilaray.synth.lm import LMPretraining, corpus, mean_loss, token_blocks
 
     cfg = LMPretraining()
-    assets_dir = small_assets_dir
+    assets_dir, tiny_assets = small_assets_dir, assets_dir
     train, held = corpus(small_world_dir, cfg.holdout)
     assert len(held) > 20 and len(train) > 10 * len(held)
     tokenizer = AutoTokenizer.from_pretrained(str(assets_dir))
@@ -462,3 +463,9 @@ def test_tiny_lm_arrives_pretrained_on_the_worlds_text(small_world_dir, small_as
     assert trained_loss < 0.5 * random_loss, (trained_loss, random_loss)
     report = json.loads((assets_dir / "vilaray.json").read_text())["lm_pretraining"]
     assert report["heldout_loss"] == pytest.approx(trained_loss, rel=0.05)
+    assert report["steps"] == cfg.steps  # the demo's corpus is large enough for every step
+    # The test world's corpus is a few blocks: pretraining stops after `max_epochs` passes over it.
+    tiny = json.loads((tiny_assets / "vilaray.json").read_text())["lm_pretraining"]
+    blocks = tiny["train_tokens"] // cfg.seq_len
+    assert tiny["steps"] == math.ceil(cfg.max_epochs * blocks / cfg.batch) < cfg.steps
+    assert tiny["heldout_loss"] < tiny["random_init_heldout_loss"]

@@ -135,6 +135,9 @@ def rows_by_step(stage_dir: Path) -> dict[int, list[list[str]]]:
 # ZeRO-2/3 over 2 ranks give the single process's losses to ~1e-5 (fp32, gloo); a resume or a restart
 # that restored anything wrongly would move them by far more after a few steps at this learning rate.
 LOSS_TOL = 1e-4
+# Held-out loss is a mean over rows that 2 ranks sum in another order than one process does, after 20
+# offloaded fp32 Adam steps: ~3e-5 relative at losses of ~4.4 (measured 1.4e-4 absolute at step 20).
+VAL_TOL = 3e-4
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +200,7 @@ def test_zero2_and_zero3_match_single_process(zero_runs):
         for step in (10, STEPS):
             for key in ("val_loss", "val_loss/pairs", "val_loss/text"):
                 a, b = single[step][key], other[step][key]
-                assert abs(a - b) <= LOSS_TOL, (name, step, key, a, b)
+                assert abs(a - b) <= VAL_TOL, (name, step, key, a, b)
         assert "val_loss" not in other[5]
     assert single[STEPS]["val_loss"] < single[10]["val_loss"]
     # No held-out sample was trained on.

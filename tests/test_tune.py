@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 # ASHA's rungs at 2 and 4 steps, validated every 2 steps (report_every defaults to the first rung).
 STEPS, RUNG = 8, 2
-# The first trial learns, the second barely moves (stopped at the rung), the rest run after the resume.
-LRS = [2e-3, 1e-7, 1e-6, 3e-3]
+# The first trial learns, the second barely moves (stopped at the rung), the third runs after the resume.
+LRS = [2e-3, 1e-7, 1e-6]
 
 
 def sweep_flags(world: Path, assets: Path, run_root: Path) -> list[str]:
@@ -52,12 +52,12 @@ def run_env() -> dict:
 
 @pytest.fixture(scope="module")
 def smoke(world_dir, assets_dir, tmp_path_factory):
-    """`jobs/tune.py` in a process of its own: four trials over a three-source pretraining mix in grid mode,
+    """`jobs/tune.py` in a process of its own: three trials over a three-source pretraining mix in grid mode,
     the learning rate the varied cell. The first trial learns (2e-3); the second barely moves (1e-7), so at
     ASHA's first rung (step 2) it is worse than the median of those recorded and is stopped: an early stop that
     does not depend on luck. Once it has been stopped the driver is SIGKILLed, and `--resume` finishes the
-    sweep: the two finished trials are not run again, and the other two start a fresh ASHA bracket (Ray
-    does not save the rungs), so the third (1e-6) now runs to the end."""
+    sweep: the two finished trials are not run again, and the third starts a fresh ASHA bracket (Ray does
+    not save the rungs), so although it learns slowly too (1e-6) it runs to the end."""
     root = tmp_path_factory.mktemp("tune")
     space = yaml.safe_load((ROOT / "jobs/recipes/tune/smoke.yaml").read_text())
     space |= {
@@ -107,22 +107,20 @@ def test_sweep_stops_a_trial_early_resumes_after_a_killed_driver_and_writes_resu
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     by_lr = {t["config"]["set/stages.pretrain.train.lr"]: t for t in results["trials"]}
-    assert sorted(by_lr) == sorted(LRS) and len(results["trials"]) == 4
+    assert sorted(by_lr) == sorted(LRS) and len(results["trials"]) == 3
     assert by_lr[2e-3]["status"] == "completed" and by_lr[2e-3]["steps"] == STEPS
     assert by_lr[1e-7]["status"] == f"stopped early by ASHA at step {RUNG}" and by_lr[1e-7]["steps"] == RUNG
     # After the resume: a fresh bracket, so the next slow learner (the bracket's first trial) is not stopped.
-    # The last trial (3e-3, too high a rate for the text-pretrained LM) ends either way.
-    assert by_lr[1e-6]["status"] == "completed", results["trials"]
-    assert by_lr[3e-3]["status"] == "completed" or by_lr[3e-3]["status"].startswith("stopped early by ASHA")
+    assert by_lr[1e-6]["status"] == "completed" and by_lr[1e-6]["steps"] == STEPS, results["trials"]
     # The two trials that ended before the kill were not trained again.
     assert set(finished) == {by_lr[2e-3]["trial_id"], by_lr[1e-7]["trial_id"]}
     assert all(fingerprint(out, tid) == fp for tid, fp in finished.items())
-    ran = re.findall(r"^\[tune smoke\] \d/4 (\S+):", console, flags=re.M)
-    assert len(ran) == 2 and not set(ran) & set(finished), console
+    ran = re.findall(r"^\[tune smoke\] \d/3 (\S+):", console, flags=re.M)
+    assert len(ran) == 1 and not set(ran) & set(finished), console
     assert all(t["objective"] == t["scores"]["val_loss"] for t in results["trials"])
     best = results["best"]
     assert best == min(results["trials"], key=lambda t: t["objective"]) and best["status"] == "completed"
-    assert best["config"]["set/stages.pretrain.train.lr"] in (2e-3, 3e-3)
+    assert best["config"]["set/stages.pretrain.train.lr"] == 2e-3
     # Ended trials keep no Train checkpoints; the best trial keeps its export, the others do not. The job
     # checks Ray's placement-group table after the sweep and records what is still held: not asserted
     # empty, because on a loaded box (a full suite run) two finished trials' Train groups were seen held
@@ -132,7 +130,7 @@ def test_sweep_stops_a_trial_early_resumes_after_a_killed_driver_and_writes_resu
     assert "placement_groups_left" in results
     assert f"stopped early by ASHA at step {RUNG}" in (out / "results.md").read_text()
     # vilaray's lines on the console, not Tune's boxes and tables.
-    assert "[tune smoke] 1/4 " in console
+    assert "[tune smoke] 1/3 " in console
     assert not any(x in console for x in ("Trial status", "Configuration for experiment", "View detailed"))
 
 
@@ -164,15 +162,21 @@ def test_status_prints_the_table_so_far(smoke, capsys):
     root = out.parent
     assert job.main(["--recipe", str(TINY_RECIPE), "--set", f"run_root={root}", "--status", "smoke"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("# Sweep results (4 trials") and "stopped early by ASHA" in printed
+    assert printed.startswith("# Sweep results (3 trials") and "stopped early by ASHA" in printed
     assert job.main(["--recipe", str(TINY_RECIPE), "--set", f"run_root={root}", "--status", "nope"]) == 2
 
 
 @pytest.fixture(scope="module")
-def findings(world_dir, assets_dir, tmp_path_factory):
+def findings(ray_session, world_dir, assets_dir, tmp_path_factory):
     """A miniature of `vila-findings.yaml`: two of its cells (the full recipe, the LLM frozen in
     pretraining) at one seed, each trial pretrain + SFT for a few steps, then the harness at 0 and 4 shots
-    on a few samples per task with the shuffled-image control. Exports are kept to check the cells."""
+    on a few samples per task with the shuffled-image control. Exports are kept to check the cells. The
+    job runs through its `main` on the session's Ray (the smoke sweep runs it as a process of its own)."""
+    import contextlib
+    import io
+
+    import tune as job
+
     root = tmp_path_factory.mktemp("findings")
     space = yaml.safe_load((ROOT / "jobs/recipes/tune/vila-findings.yaml").read_text())
     space |= {
@@ -182,14 +186,16 @@ def findings(world_dir, assets_dir, tmp_path_factory):
         "evaluate": space["evaluate"] | {"limit": 3, "batch_size": 8},
     }
     (root / "space.yaml").write_text(yaml.safe_dump(space))
-    argv = [sys.executable, "jobs/tune.py", "--recipe", str(TINY_RECIPE), "--space", str(root / "space.yaml"),
+    argv = ["--recipe", str(TINY_RECIPE), "--space", str(root / "space.yaml"),
             "--name", "findings", "--start-from", str(assets_dir), "--keep-exports",
             *sweep_flags(world_dir, assets_dir, root),
             # The harness scores each export; no held-out loss or in-training benchmark on the way.
             "--set", "defaults.validation.every=0", "--set", "stages.sft.evaluation.every=0"]  # fmt: skip
-    done = subprocess.run(argv, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    return root / "findings", done.stdout
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = job.main(argv)
+    assert code == 0, (out.getvalue() + err.getvalue())[-6000:]
+    return root / "findings", out.getvalue()
 
 
 def lm_weights(export: Path) -> dict:

@@ -176,6 +176,14 @@ def baseline_result(tasks: list[TaskData], shots: list[int], seed: int) -> Model
     return result
 
 
+def _infer(model_dir, items: list[PromptItem], backend: str, batch_size: int, actors: int) -> dict:
+    from vilaray.evals.inference import infer_local, infer_ray
+
+    if backend == "ray":
+        return infer_ray(model_dir, items, batch_size=batch_size, actors=actors)
+    return infer_local(model_dir, items, batch_size=batch_size)
+
+
 def evaluate_model(
     model_dir: str | Path,
     tasks: list[TaskData],
@@ -185,19 +193,38 @@ def evaluate_model(
     backend: str = "ray",
     batch_size: int = 16,
     actors: int = 1,
-    control: bool = False,
 ) -> ModelResult:
-    """Scores of one export; `control=True` runs the shuffled-image control instead (see shuffled_images)."""
-    from vilaray.evals.inference import infer_local, infer_ray
-
-    items = prompt_items(tasks, shots, seed)
-    if control:
-        items = shuffled_images(items, seed)
-    if backend == "ray":
-        preds = infer_ray(model_dir, items, batch_size=batch_size, actors=actors)
-    else:
-        preds = infer_local(model_dir, items, batch_size=batch_size)
+    """Scores of one export."""
+    preds = _infer(model_dir, prompt_items(tasks, shots, seed), backend, batch_size, actors)
     return score_predictions(name or str(model_dir), tasks, shots, preds, seed)
+
+
+# Marks the control's copy of a query (same task, shots and uid) inside one inference pass.
+_CONTROL = "\x00shuffled"
+
+
+def evaluate_with_control(
+    model_dir: str | Path,
+    tasks: list[TaskData],
+    shots: list[int],
+    seed: int,
+    name: str,
+    control_name: str,
+    backend: str = "ray",
+    batch_size: int = 16,
+    actors: int = 1,
+) -> tuple[ModelResult, ModelResult]:
+    """Scores of one export and of its shuffled-image control (see shuffled_images), from one inference
+    pass: the model is loaded once (on Ray, one actor pool) for both."""
+    items = prompt_items(tasks, shots, seed)
+    control = [replace(it, uid=it.uid + _CONTROL) for it in shuffled_images(items, seed)]
+    preds = _infer(model_dir, items + control, backend, batch_size, actors)
+    plain = {k: v for k, v in preds.items() if not k[2].endswith(_CONTROL)}
+    swapped = {(t, k, u.removesuffix(_CONTROL)): v for (t, k, u), v in preds.items() if u.endswith(_CONTROL)}
+    return (
+        score_predictions(name, tasks, shots, plain, seed),
+        score_predictions(control_name, tasks, shots, swapped, seed),
+    )
 
 
 def prompts_used(tasks: list[TaskData]) -> dict:

@@ -30,6 +30,9 @@ class LMPretraining:
     seq_len: int = 128
     lr: float = 3e-3
     warmup: int = 20
+    # At most this many passes over the corpus: a tiny world's few documents are learned long before
+    # `steps` (the test world's corpus is 10 blocks), and more passes would only memorise them.
+    max_epochs: float = 16.0
     holdout: float = 0.05  # the tiny recipe's data.holdout: the same documents stay unseen
     seed: int = 0
 
@@ -74,18 +77,18 @@ def pretrain_language_model(
     train_texts, held_texts = corpus(world_dir, cfg.holdout)
     train, held = (token_blocks(tokenizer, t, cfg.seq_len) for t in (train_texts, held_texts))
     before = mean_loss(model, held, cfg.batch)
+    steps = max(1, min(cfg.steps, math.ceil(cfg.max_epochs * len(train) / cfg.batch)))
+    warmup = min(cfg.warmup, max(1, steps // 10))
     params = list(model.model.language_model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     # Linear warmup, cosine decay: the usual LM schedule, so the last steps settle rather than bounce.
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: (
-            min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps))))
-        ),
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
-    for _ in range(cfg.steps):
+    for _ in range(steps):
         x = train[torch.randint(0, len(train), (cfg.batch,), generator=gen)]
         model(input_ids=x, labels=x).loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -98,6 +101,6 @@ def pretrain_language_model(
         "random_init_heldout_loss": before,
         "heldout_tokens": int(held.numel()),
         "train_tokens": int(train.numel()),
-        "steps": cfg.steps,
+        "steps": steps,
         "seconds": round(time.monotonic() - t0, 1),
     }

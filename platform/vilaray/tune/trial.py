@@ -112,7 +112,7 @@ def latest_metrics(path: Path) -> dict[str, float]:
 def harness_scores(export: Path, ev: HarnessEval, data_root: str) -> dict[str, float]:
     """The harness on one export (Ray Data inference actors, as `jobs/evaluate.py` runs it): each
     `harness/<task>/<k>-shot` with its bootstrap `.../stderr`, and `.../shuffled` for the control."""
-    from vilaray.evals.harness import evaluate_model, load_tasks
+    from vilaray.evals.harness import evaluate_model, evaluate_with_control, load_tasks
     from vilaray.evals.tasks import load_suite
 
     suite, base = load_suite(ev.suite, data_root)
@@ -120,12 +120,14 @@ def harness_scores(export: Path, ev: HarnessEval, data_root: str) -> dict[str, f
     chosen = [t.model_copy(update={"limit": None}) for t in suite.tasks if not ev.tasks or t.name in ev.tasks]
     tasks = load_tasks(suite.model_copy(update={"tasks": chosen}), base, ev.limit)
     vision = [t.task.name for t in tasks if t.task.kind != "multiple_choice"]
+    run = {"backend": "ray", "batch_size": ev.batch_size}
+    if ev.control:
+        results = evaluate_with_control(export, tasks, ev.shots, suite.seed, "trial", "shuffled", **run)
+    else:
+        results = (evaluate_model(export, tasks, ev.shots, suite.seed, "trial", **run),)
     out: dict[str, float] = {}
-    for control in [False, True] if ev.control else [False]:
-        scores = evaluate_model(
-            export, tasks, ev.shots, suite.seed, backend="ray", batch_size=ev.batch_size, control=control
-        ).scores
-        tail = "/shuffled" if control else ""
+    for result, tail in zip(results, ("", "/shuffled")):
+        scores = result.scores
         for key, s in scores.items():
             out[f"harness/{key}{tail}"], out[f"harness/{key}{tail}/stderr"] = s.value, s.stderr
         # VILA's summary column: the mean over the vision-language tasks at each shot count.
