@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32768
@@ -28,6 +29,23 @@ def _payloads(data: bytes):
         if kind in (FULL, LAST):
             yield buf
             buf = b""
+
+
+def run_record(run_file: Path, wait_s: float = 30.0) -> dict:
+    """The run's own record: its id, display name and group. wandb's service process writes the file after
+    `finish()` returns (it held only the header then), so this waits for the record."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        for payload in _payloads(run_file.read_bytes()):
+            rec = pb.Record()
+            rec.ParseFromString(payload)
+            if rec.WhichOneof("record_type") == "run":
+                return {"id": rec.run.run_id, "name": rec.run.display_name, "group": rec.run.run_group}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no run record in {run_file} after {wait_s:.0f} s")
+        time.sleep(0.2)
 
 
 def history(run_file: Path) -> list[dict]:

@@ -157,6 +157,38 @@ def test_bad_space_fails_before_any_trial_naming_the_key(tiny, assets_dir, tmp_p
     assert needle in str(err.value), str(err.value)
 
 
+def test_drill_flag_is_parsed_or_refused_before_any_trial():
+    from vilaray.config import RecipeError
+    from vilaray.tune.cli import parse_drills
+    from vilaray.tune.trial import trial_number
+
+    assert parse_drills(["3:6", "0:2"]) == {3: 6, 0: 2}
+    for bad in ("3", "3:", "x:6", "3:0", "-1:4"):
+        with pytest.raises(RecipeError, match="TRIAL:STEP"):
+            parse_drills([bad])
+    assert trial_number("5f0a1_00003") == 3
+
+
+def test_trials_log_to_wandb_in_one_group_per_sweep(world_dir, tmp_path):
+    """A trial's recipe puts every wandb-logging stage in the sweep's group; the sink writes it (real wandb,
+    offline), the run named after the trial and stage."""
+    from _wandb_records import run_record
+    from vilaray.train.metrics import RunInfo, WandbSink
+    from vilaray.tune.trial import wandb_grouped
+
+    flags = [f"defaults.data.root={world_dir}", f"stages.sft.evaluation.data_root={world_dir}"]
+    plain = load_recipe(TINY, flags)
+    assert wandb_grouped(plain, "smoke") == plain  # no wandb, nothing to group
+    logged = wandb_grouped(load_recipe(TINY, [*flags, "defaults.train.wandb.project=vilaray-tests"]), "smoke")
+    assert {st.train.wandb.group for st in logged.stages.values()} == {"smoke"}
+    sink = WandbSink(tmp_path, RunInfo("a1b2c_00003", "pretrain", {}, logged.stages["pretrain"].train.wandb))
+    sink.write(1, {"loss": 2.5})
+    sink.close()
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    record = run_record(run_file)
+    assert record["group"] == "smoke" and record["name"] == "a1b2c_00003-pretrain", record
+
+
 def test_grid_mode_repeats_each_listed_mixture_per_seed(tiny, assets_dir, tmp_path):
     from ray.tune.search.variant_generator import generate_variants
 

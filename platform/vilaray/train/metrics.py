@@ -81,7 +81,7 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """A wandb run per stage, grouped by run name. Its id derives from the run directory, so a resubmitted
+    """A wandb run per stage, grouped by run name (or the config's group). Its id derives from the run directory, so a resubmitted
     run (same name) resumes the same wandb run instead of starting a second one."""
 
     def __init__(self, out: Path, run: RunInfo):
@@ -94,7 +94,7 @@ class WandbSink:
             entity=cfg.entity,
             mode=cfg.mode,
             tags=list(cfg.tags),
-            group=run.name,
+            group=cfg.group or run.name,
             name=f"{run.name}-{run.stage}",
             id=f"{run.stage}-{digest}",
             resume="allow",

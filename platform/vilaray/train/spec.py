@@ -17,6 +17,8 @@ class WandbConfig(BaseModel):
     entity: str | None = None
     mode: Literal["offline", "online", "disabled"] = "offline"
     tags: tuple[str, ...] = ()
+    # The wandb group: by default the run's name (its stages together); a Tune trial's runs join their sweep.
+    group: str | None = None
 
 
 class TrainConfig(BaseModel):

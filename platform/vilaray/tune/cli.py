@@ -11,6 +11,8 @@ import yaml
 
 from vilaray.config import RecipeError, apply_overrides, load_recipe
 
+INTERRUPTED = 130  # a shell's exit status after Ctrl-C
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
@@ -26,6 +28,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--fit", metavar="NAME", default=None, help="fit the mixture regression on a sweep")
     p.add_argument("--propose", type=int, default=0, metavar="K", help="run the K best predicted mixtures")
     p.add_argument("--keep-exports", action="store_true", help="keep every finished trial's export")
+    p.add_argument(
+        "--drill-sigkill",
+        dest="drills",
+        action="append",
+        default=[],
+        metavar="TRIAL:STEP",
+        help="reliability drill: trial number TRIAL (0-based, in creation order) loses its last train "
+        "worker (SIGKILL) before STEP of its first stage, once; Ray Train resumes it from its checkpoint",
+    )
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs of a local Ray")
     return p
@@ -46,11 +57,23 @@ def main(description: str, argv=None) -> int:
         from vilaray.tune.space import load_space
 
         space = load_space(args.space, recipe, raw, start_from=args.start_from)
+        drills = parse_drills(args.drills)
     except (RecipeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     name = args.name or Path(args.space).stem
-    return run(name, run_root / name, recipe, raw, space, args)
+    return run(name, run_root / name, recipe, raw, space, args, drills)
+
+
+def parse_drills(values: list[str]) -> dict[int, int]:
+    """`TRIAL:STEP` pairs -> {trial number: step}; a malformed one is refused before any trial runs."""
+    drills = {}
+    for value in values:
+        trial, _, step = value.partition(":")
+        if not (trial.isdigit() and step.isdigit() and int(step) >= 1):
+            raise RecipeError(f"--drill-sigkill {value!r}: expected TRIAL:STEP, e.g. 3:6")
+        drills[int(trial)] = int(step)
+    return drills
 
 
 def status(root: Path) -> int:
@@ -72,14 +95,14 @@ def _start(root: Path, args):
     return point_to_logs_on_failure(root)
 
 
-def run(name: str, root: Path, recipe, raw, space, args) -> int:
-    from vilaray.tune.sweep import concurrency, finish, tuner
+def run(name: str, root: Path, recipe, raw, space, args, drills: dict[int, int]) -> int:
+    from vilaray.tune.sweep import concurrency, finish, load_rows, tuner
     from vilaray.tune.trial import Sweep
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "space.yaml").write_text(yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False))
     (root / "recipe.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    sweep = Sweep(name, root, raw, recipe, space, os.getcwd())
+    sweep = Sweep(name, root, raw, recipe, space, os.getcwd(), drills)
     with _start(root, args):
         from ray.util import placement_group_table
 
@@ -94,6 +117,15 @@ def run(name: str, root: Path, recipe, raw, space, args) -> int:
             flush=True,
         )
         t.fit()
+        ended = sum(r.ended for r in load_rows(root).values())
+        if ended < progress.planned:
+            # Ctrl-C: Tune stopped the running trials and saved its state; the results so far are written.
+            print(
+                f"[tune {name}] interrupted: {ended}/{progress.planned} trials ended; results so far in {root}; "
+                f"the same command with --resume runs the rest",
+                flush=True,
+            )
+            return INTERRUPTED
         finish(sweep, args.propose, args.keep_exports, groups_before=before)
     return status(root)
 

@@ -21,7 +21,9 @@ class TrialRow:
     """One trial: what it tried, how far it got, what it scored."""
 
     trial_id: str
-    status: str  # "completed", "stopped early by ASHA at step N", "running", "pending", "error: ..."
+    # "completed", "stopped early by ASHA at step N", "error: ...", or not ended: "running", "pending",
+    # "interrupted at step N" (the sweep was stopped with Ctrl-C; `--resume` runs the trial again)
+    status: str
     config: dict  # flattened: mix/<stage>, freeze/<stage>, set/<key>, seed
     steps: int = 0  # trial_step of its last result
     objective: float | None = None
@@ -29,8 +31,16 @@ class TrialRow:
     proposed: bool = False  # a mixture the regression proposed
 
     @property
+    def ended(self) -> bool:
+        return not self.status.startswith(NOT_ENDED)
+
+    @property
     def finished(self) -> bool:
-        return self.objective is not None and not self.status.startswith(("error", "running", "pending"))
+        """Ended with a result to rank: completed or stopped early, not failed."""
+        return self.objective is not None and self.ended and not self.status.startswith("error")
+
+
+NOT_ENDED = ("running", "pending", "interrupted")
 
 
 def trial_row(trial, total_steps: int, status: str | None = None) -> TrialRow:
@@ -168,7 +178,10 @@ def write_results(
     cells = cells_summary(rows) if space.mode == "grid" else []
     if space.mode == "grid":
         summary["cells"] = cells
-    (root / "results.json").write_text(json.dumps(summary, indent=2))
+    # Replaced whole: `--status`, dashboards and the tests read it while the sweep runs.
+    tmp = root / "results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(root / "results.json")
     configs, scores = columns(rows)
     with (root / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)

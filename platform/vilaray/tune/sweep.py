@@ -38,6 +38,11 @@ class SweepProgress(tune.Callback):
 
     def __init__(self, sweep: Sweep, planned: int, proposed: bool = False):
         self.sweep, self.planned, self.proposed = sweep, planned, proposed
+        self.setup()
+
+    def setup(self, **info):
+        """At the start of every run of the sweep: a resumed sweep runs the callback Tune pickled with the
+        first run (not the one `tuner` returns), so its clock and counts start here."""
         self.t0 = time.monotonic()
         self.ended: set[str] = set()
 
@@ -56,8 +61,8 @@ class SweepProgress(tune.Callback):
         write_results(self.sweep.root, list(rows.values()), space, self.sweep.raw)
         drop_checkpoints(self.sweep, trial.trial_id)
         row, best = rows[trial.trial_id], ranked(list(rows.values()), space.objective.mode)
-        done = len(self.ended)
-        eta = (time.monotonic() - self.t0) / done * (self.planned - done)
+        done = sum(rows[t.trial_id].ended for t in trials)  # this experiment's, across resumes
+        eta = (time.monotonic() - self.t0) / len(self.ended) * (self.planned - done)
         score = f"{space.objective.name} {row.objective:.4f}" if row.objective is not None else "no result"
         lead = f"best {best[0].objective:.4f} ({best[0].trial_id})" if best else "no best yet"
         print(
@@ -73,8 +78,19 @@ class SweepProgress(tune.Callback):
         self._ended(trials, trial, "ERROR")
 
     def on_experiment_end(self, trials, **info):
-        """Every trial's final status, as Tune holds it once the sweep is over."""
-        write_results(self.sweep.root, list(self.rows(trials).values()), self.sweep.space, self.sweep.raw)
+        """Every trial's final status once the sweep is over. After a Ctrl-C Tune marks the trials it stops
+        on its way out TERMINATED, as if they had ended (its saved state, taken before, still has them
+        running, so `--resume` runs them again): a trial that did not end in this run or an earlier one is
+        recorded as interrupted, not as completed or stopped early."""
+        before = load_rows(self.sweep.root)
+        rows = self.rows(trials)
+        for t in trials:
+            row = rows[t.trial_id]
+            if t.trial_id in self.ended or (t.trial_id in before and before[t.trial_id].ended):
+                continue
+            if row.status != "pending":
+                row.status = f"interrupted at step {row.steps}"
+        write_results(self.sweep.root, list(rows.values()), self.sweep.space, self.sweep.raw)
 
 
 def drop_checkpoints(sweep: Sweep, trial_id: str) -> None:

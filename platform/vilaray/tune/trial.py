@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -14,6 +14,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from vilaray.config import Recipe, recipe_from_dict
+from vilaray.train.faults import FaultPlan
 from vilaray.train.runner import RunPaths, run_stage
 from vilaray.tune.space import HarnessEval, Objective, TuneSpace, trial_recipe
 
@@ -29,6 +30,9 @@ class Sweep:
     recipe: Recipe
     space: TuneSpace
     cwd: str  # the driver's: the recipe's relative paths resolve from here in every trial
+    # A reliability drill (`--drill-sigkill`): trial number -> the step before which its first stage's
+    # last rank SIGKILLs itself, once; Ray Train restarts the group from the trial's checkpoint.
+    drills: dict[int, int] = field(default_factory=dict)
 
     @property
     def trials_dir(self) -> Path:
@@ -54,51 +58,86 @@ def load_sweep(root: Path) -> Sweep:
 class ObjectiveReport(TuneReportCallback):
     """Forwards a Train report to Tune only when it carries every part of the objective (Tune checks each
     result for its metric), adding `objective`, the stage and `trial_step` (steps across the trial's stages,
-    what ASHA schedules on)."""
+    what ASHA schedules on). Reports from `withhold_from` on (the trial's last step) are not forwarded: Tune
+    stops a trial at its last step (ASHA's `max_t`), which would kill the Train run while it exports and
+    before it frees its placement group; the trial function reports that result once the stage is done."""
 
-    def __init__(self, objective: Objective, stage: str, offset: int):
+    def __init__(self, objective: Objective, stage: str, offset: int, withhold_from: int | None = None):
         super().__init__()
-        self.objective, self.stage, self.offset = objective, stage, offset
+        self.objective, self.stage, self.offset, self.withhold_from = objective, stage, offset, withhold_from
 
     def after_report(self, run_context, metrics, checkpoint):
         row = dict(metrics[0])
         value = self.objective.value(row)
-        if value is None:
+        trial_step = self.offset + int(row["step"])
+        if value is None or (self.withhold_from is not None and trial_step >= self.withhold_from):
             return
-        row |= {"objective": value, "stage": self.stage, "trial_step": self.offset + int(row["step"])}
+        row |= {"objective": value, "stage": self.stage, "trial_step": trial_step}
         super().after_report(run_context, [row], checkpoint)
 
 
 def run_trial(config: dict, sweep: Sweep) -> None:
     """Tune's function trainable: each of the space's stages with the trial's recipe, the first from the
-    space's `start_from`, each next from the one before (its Train run named `<trial id>-<stage>`)."""
+    space's `start_from`, each next from the one before (its Train run named `<trial id>-<stage>`); then
+    the trial's last result, from the finished stage (and the harness, when the space evaluates)."""
     # Tune starts a trial in its own folder; the recipe's relative paths (data, model, suite) are the
     # driver's, as for every other job (on a cluster, the job's working dir is the same on every node).
     if Path(sweep.cwd).is_dir():
         os.chdir(sweep.cwd)
     trial_id = tune.get_context().get_trial_id()
-    recipe = trial_recipe(sweep.raw, sweep.space, config)
+    recipe = wandb_grouped(trial_recipe(sweep.raw, sweep.space, config), sweep.name)
     paths = RunPaths(trial_id, str(sweep.train_storage), sweep.trials_dir / trial_id)
-    offset, result = 0, None
-    for i, stage in enumerate(sweep.space.stages):
+    offset, result, stages = 0, None, sweep.space.stages
+    drill = sweep.drills.get(trial_number(trial_id))
+    for i, stage in enumerate(stages):
         start = sweep.space.start_from if i == 0 else None
+        steps = recipe.stages[stage].train.max_steps
+        last = offset + steps if i == len(stages) - 1 else None
         result = run_stage(
             recipe,
             stage,
             paths,
-            callbacks=[ObjectiveReport(sweep.space.objective, stage, offset)],
+            faults=FaultPlan(sigkill_at=drill) if drill and i == 0 else None,
+            callbacks=[ObjectiveReport(sweep.space.objective, stage, offset, withhold_from=last)],
             start_from=Path(start) if start else None,
         )
-        offset += recipe.stages[stage].train.max_steps
+        offset += steps
+    if result is None or result.export is None:
+        return
+    # The last stage's latest value of every metric (validation runs every few steps, so the latest
+    # val_loss is carried forward), the harness's scores, and the objective.
+    row = latest_metrics(result.stage_dir / "metrics.jsonl")
     ev = sweep.space.evaluate
-    if ev is not None and result is not None and result.export is not None:
-        # The trial's last result: the last stage's latest value of every metric (validation runs every few
-        # steps, so the latest val_loss is carried forward), the harness's scores, and the objective.
-        scores = harness_scores(result.export, ev, ev.root(recipe, sweep.space.stages))
-        row = latest_metrics(result.stage_dir / "metrics.jsonl") | scores
-        value = sweep.space.objective.value(row)
-        if value is not None:
-            tune.report(row | {"objective": value, "stage": "evaluate", "trial_step": offset})
+    if ev is not None:
+        row |= harness_scores(result.export, ev, ev.root(recipe, stages))
+    value = sweep.space.objective.value(row)
+    if value is not None:
+        stage = "evaluate" if ev is not None else stages[-1]
+        tune.report(row | {"objective": value, "stage": stage, "trial_step": offset})
+
+
+def wandb_grouped(recipe: Recipe, group: str) -> Recipe:
+    """The recipe with every stage that logs to wandb logging into `group`: a sweep's trials side by side
+    in one wandb group (each trial's stage a run named `<trial id>-<stage>`)."""
+    stages = {
+        name: st.model_copy(
+            update={
+                "train": st.train.model_copy(
+                    update={"wandb": st.train.wandb.model_copy(update={"group": group})}
+                )
+            }
+        )
+        if st.train.wandb
+        else st
+        for name, st in recipe.stages.items()
+    }
+    return recipe.model_copy(update={"stages": stages})
+
+
+def trial_number(trial_id: str) -> int:
+    """The trial's place in the sweep, in creation order: Tune's ids are `<prefix>_<counter:05d>`, and a
+    restored sweep keeps them."""
+    return int(trial_id.rsplit("_", 1)[-1])
 
 
 def latest_metrics(path: Path) -> dict[str, float]:
