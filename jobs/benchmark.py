@@ -9,7 +9,8 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401
 from vilaray.bench import BENCHMARKS, Benchmark
-from vilaray.runtime import init_ray
+from vilaray.console import point_to_logs_on_failure
+from vilaray.runtime import init_job
 
 # Two settings of a local Ray, set before it starts (export either variable to override):
 # - Ray starts its workers at nice 15 and the driver (so the naive baseline) at 0: on a shared machine the
@@ -70,16 +71,17 @@ def config_from_args(bench: Benchmark, args: argparse.Namespace):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     bench = BENCHMARKS.get(args.benchmark)
-    # One logical CPU per core unless set: throughput is compared against a single process.
-    init_ray(
-        args.address,
-        num_cpus=args.ray_cpus or os.cpu_count(),
-        log_to_driver=False,
-        include_dashboard=bench.dashboard,
-    )
-    report = bench.run(config_from_args(bench, args))
-    print(report.table())
     out = Path(args.out)
+    # One logical CPU per core unless set: throughput is compared against a single process. Ray's own
+    # logs go to files beside the report, not to the console.
+    run_dir = out.with_suffix("")
+    logs = init_job(
+        run_dir, args.address, num_cpus=args.ray_cpus or os.cpu_count(), include_dashboard=bench.dashboard
+    )
+    print(f"[{bench.name}] Ray's own logs: {logs}", flush=True)
+    with point_to_logs_on_failure(run_dir):
+        report = bench.run(config_from_args(bench, args))
+    print(report.table())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_dict(), indent=2))
     print(f"report: {out}")

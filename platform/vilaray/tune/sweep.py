@@ -155,6 +155,10 @@ def tuner(
                 scheduler=FIFOScheduler() if proposed else scheduler(sweep),
                 num_samples=num_samples,
                 max_concurrent_trials=concurrency(sweep),
+                # A trial's process (its imports, Ray Data and Train clients) is kept for the next trial
+                # where every trial runs to its end. Not under ASHA: a trial it stops is still inside
+                # TorchTrainer.fit, and Tune errors the next trial when the actor cannot be reset.
+                reuse_actors=proposed or sweep.space.scheduler.name == "fifo",
             ),
             run_config=tune.RunConfig(
                 name=name,
