@@ -216,3 +216,26 @@ def base_recipe(world_dir: Path, assets_dir: Path, run_root: Path, **data) -> di
     }
     recipe["data"].update(data)
     return recipe
+
+
+# The optimum of `write_quadratic_sweep`'s objective over (interleaved, pairs, text).
+QUADRATIC_OPTIMUM = (0.2, 0.5, 0.3)
+
+
+def write_quadratic_sweep(root: Path, space, raw: dict, steps: int) -> None:
+    """A sweep's folder as the job writes it (space.yaml, recipe.yaml, results.*): twelve completed trials on
+    Dirichlet mixes of three sources whose held-out loss is 3 + the squared distance to QUADRATIC_OPTIMUM,
+    the input of `--fit` (and of `--propose`, which then trains real trials from it)."""
+    import numpy as np
+    import yaml
+    from vilaray.tune.results import TrialRow, write_results
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "space.yaml").write_text(yaml.safe_dump(space.model_dump(mode="json")))
+    (root / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    names, rows = ["interleaved", "pairs", "text"], []
+    for i, w in enumerate(np.random.default_rng(1).dirichlet(np.ones(3), size=12)):
+        loss = 3.0 + float(((w - np.array(QUADRATIC_OPTIMUM)) ** 2).sum())
+        config = {"mix/pretrain": dict(zip(names, map(float, w))), "freeze/pretrain": "full", "seed": 0}
+        rows.append(TrialRow(f"t{i}", "completed", config, steps, loss, {"val_loss": loss}))
+    write_results(root, rows, space, raw)

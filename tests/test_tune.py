@@ -235,27 +235,18 @@ def test_propose_runs_the_fits_best_mixture_as_a_real_trial(
     at (0.2, 0.5, 0.3) (written as a sweep writes them; their scores are the fit's input), then the fit's
     best predicted mixture trained as a new trial of the same sweep through the real stage runner, 2 steps
     from the session's model, shown in the results as proposed."""
-    import numpy as np
     import tune as job
+    from conftest import write_quadratic_sweep
     from vilaray.config import apply_overrides
-    from vilaray.tune.results import TrialRow, write_results
     from vilaray.tune.space import TuneSpace
 
     root = tmp_path / "synth"
-    root.mkdir()
     data = yaml.safe_load((ROOT / "jobs/recipes/tune/smoke.yaml").read_text())
     space = TuneSpace.model_validate(data | {"start_from": str(assets_dir), "budget_steps": 2})
     raw = apply_overrides(
         yaml.safe_load(TINY_RECIPE.read_text()), sweep_flags(world_dir, assets_dir, tmp_path)[1::2]
     )
-    (root / "space.yaml").write_text(yaml.safe_dump(space.model_dump(mode="json")))
-    (root / "recipe.yaml").write_text(yaml.safe_dump(raw))
-    names, rows = ["interleaved", "pairs", "text"], []
-    for i, w in enumerate(np.random.default_rng(1).dirichlet(np.ones(3), size=12)):
-        loss = 3.0 + float(((w - np.array([0.2, 0.5, 0.3])) ** 2).sum())
-        config = {"mix/pretrain": dict(zip(names, map(float, w))), "freeze/pretrain": "full", "seed": 0}
-        rows.append(TrialRow(f"t{i}", "completed", config, 2, loss, {"val_loss": loss}))
-    write_results(root, rows, space, raw)
+    write_quadratic_sweep(root, space, raw, steps=2)
     argv = ["--recipe", str(TINY_RECIPE), "--set", f"run_root={tmp_path}", "--fit", "synth", "--propose", "1"]
     assert job.main(argv) == 0
     printed = capsys.readouterr().out

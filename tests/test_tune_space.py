@@ -255,24 +255,12 @@ def test_fit_command_fits_a_sweeps_results(tiny, tmp_path, capsys):
     """`jobs/tune.py --fit NAME` on a sweep's folder (here results of 12 trials with a known optimum,
     written as a sweep writes them): the fit, its held-out rank correlation and the best predicted mix."""
     import tune as job
-    from vilaray.tune.results import TrialRow, write_results
+    from conftest import write_quadratic_sweep
 
-    recipe, raw = tiny
+    _, raw = tiny
     root = tmp_path / "synth"
-    root.mkdir()
     space = TuneSpace.model_validate(yaml.safe_load(SMOKE.read_text()))
-    (root / "space.yaml").write_text(yaml.safe_dump(space.model_dump(mode="json")))
-    (root / "recipe.yaml").write_text(yaml.safe_dump(raw))
-    rng = np.random.default_rng(1)
-    names = ["interleaved", "pairs", "text"]
-    rows = []
-    for i, w in enumerate(rng.dirichlet(np.ones(3), size=12)):
-        loss = 3.0 + float(((w - np.array([0.2, 0.5, 0.3])) ** 2).sum())
-        mix = dict(zip(names, map(float, w)))
-        rows.append(
-            TrialRow(f"t{i}", "completed", {"mix/pretrain": mix, "freeze/pretrain": "full"}, 40, loss)
-        )
-    write_results(root, rows, space, raw)
+    write_quadratic_sweep(root, space, raw, steps=40)
     assert job.main(["--recipe", str(TINY), "--set", f"run_root={tmp_path}", "--fit", "synth"]) == 0
     assert "held-out Spearman" in capsys.readouterr().out
     fit = json.loads((root / "results.json").read_text())["fit"]

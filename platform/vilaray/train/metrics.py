@@ -81,8 +81,8 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """A wandb run per stage, grouped by run name (or the config's group). Its id derives from the run directory, so a resubmitted
-    run (same name) resumes the same wandb run instead of starting a second one."""
+    """A wandb run per stage, grouped by run name (or the config's group). Its id derives from the run
+    directory, so a resubmitted run (same name) resumes the same wandb run instead of starting a second one."""
 
     def __init__(self, out: Path, run: RunInfo):
         import wandb
