@@ -247,8 +247,28 @@ def test_mixture_regression_finds_the_optimum_and_ranks_unseen_trials():
     # The same data as a loss to minimise proposes the same point.
     flipped = fit_mixture([dict(zip("abc", row)) for row in x], list(-y), mode="min")
     assert np.abs(np.array([flipped.best()[s] for s in "abc"]) - best).sum() < 1e-9
+    assert fit.family == "quadratic"
     with pytest.raises(ValueError, match="at least 5 finished trials"):
         fit_mixture([{"a": 1.0}], [0.0], mode="max")
+
+
+def test_mixture_regression_follows_a_mixing_law_where_a_quadratic_cannot():
+    """A held-out loss shaped as pretraining sweeps show it (each source's loss climbs steeply as its share
+    nears zero: the mean of a_i - b_i log(w_i + 0.005)), 16 noisy trials, as many as the README's sweep:
+    cross-validation picks the log features, ranks unseen trials, and finds the optimum."""
+    rng = np.random.default_rng(1)
+    a, b = np.array([3.0, 2.0, 0.5]), np.array([0.30, 0.15, 0.20])
+
+    def loss(w):
+        return (a - b * np.log(np.atleast_2d(w) + 0.005)).mean(axis=1)
+
+    x = rng.dirichlet(np.ones(3), size=16)
+    fit = fit_mixture([dict(zip("abc", row)) for row in x], list(loss(x) + rng.normal(0, 0.01, 16)), "min")
+    assert fit.family.startswith("log(w + ") and fit.heldout_spearman >= 0.8, (fit.family, fit.heldout_spearman)
+    optimum = b / b.sum()  # where every d/dw_i of sum b_i log(w_i) is equal (eps aside)
+    best = np.array([fit.best()[s] for s in "abc"])
+    assert np.abs(best - optimum).sum() <= 0.15, (best, optimum)
+    assert loss(best)[0] - loss(optimum)[0] < 0.01
 
 
 def test_fit_command_fits_a_sweeps_results(tiny, tmp_path, capsys):

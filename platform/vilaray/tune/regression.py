@@ -2,8 +2,11 @@
 trials, checked by rank correlation on held-out trials, and searched on the simplex for the next mixes.
 
 RegMix (arXiv 2407.01492) fits many small proxy runs on random mixtures and trains the predicted best; here
-the proxies are a sweep's trials. The model is a ridge regression on the weights and their pairwise
-products (quadratic on the simplex), with the regularisation chosen by cross-validation.
+the proxies are a sweep's trials. The model is a ridge regression on one of two feature families, chosen by
+cross-validation: the weights and their pairwise products (quadratic on the simplex, RegMix's linear model
+grown by one degree), or the weights and their logarithms, a mixing law's shape (Data Mixing Laws, arXiv
+2403.16952: a source's loss falls steeply as its share leaves zero, which no quadratic follows). The
+held-out rank correlation is nested: the family and the ridge penalty are chosen again inside every fold.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+# Feature families the fit chooses between: quadratic, or log-linear with these floors under log(w + eps)
+# (how far from zero a share's effect saturates; weights are shares, so 0.003-0.1 spans a share's range).
+LOG_EPS = (0.003, 0.01, 0.03, 0.1)
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,7 @@ class MixtureFit:
     heldout_spearman: float  # rank correlation of out-of-fold predictions with the observed objective
     mode: str  # "max" or "min": which way is better
     n_trials: int
+    family: str  # the chosen features: "quadratic" or "log(w + eps)"
 
     def predict(self, weights: np.ndarray) -> np.ndarray:
         return self.model.predict(np.atleast_2d(weights))
@@ -49,16 +57,51 @@ class MixtureFit:
         return self.propose(1, seed)[0]
 
 
+def mixture_features():
+    """A scikit-learn transformer from weights to one family's features (`kind`, `eps` are its params)."""
+    from sklearn.base import BaseEstimator, TransformerMixin
+    from sklearn.preprocessing import PolynomialFeatures
+
+    class MixtureFeatures(BaseEstimator, TransformerMixin):
+        def __init__(self, kind: str = "quadratic", eps: float = 0.01):
+            self.kind, self.eps = kind, eps
+
+        def fit(self, x, y=None):
+            return self
+
+        def transform(self, x):
+            x = np.asarray(x, dtype=float)
+            if self.kind == "quadratic":
+                return PolynomialFeatures(degree=2, include_bias=False).fit_transform(x)
+            return np.hstack([x, np.log(x + self.eps)])
+
+    return MixtureFeatures()
+
+
+def selected_model(n_trials: int, folds: int):
+    """Ridge on the family (and penalty) that predicts best under cross-validation over `n_trials`."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = Pipeline(
+        [("features", mixture_features()), ("scale", StandardScaler()),
+         ("ridge", RidgeCV(alphas=np.logspace(-6, 2, 30)))]
+    )  # fmt: skip
+    grid = [{"features__kind": ["quadratic"]}, {"features__kind": ["log"], "features__eps": list(LOG_EPS)}]
+    inner = KFold(min(folds, n_trials - 1), shuffle=True, random_state=0)
+    return GridSearchCV(pipe, grid, cv=inner, scoring="neg_mean_squared_error")
+
+
 def fit_mixture(
     weights: list[dict[str, float]], objective: list[float], mode: str, folds: int = 5
 ) -> MixtureFit:
     """Fit the objective on the trials' mix weights (each dict: source -> weight) and score the fit by the
-    Spearman correlation of out-of-fold predictions with the observed values."""
+    Spearman correlation of out-of-fold predictions (the family chosen afresh in each fold) with the
+    observed values."""
     from scipy.stats import spearmanr
-    from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import KFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import PolynomialFeatures
 
     if len(weights) != len(objective) or len(weights) < folds:
         raise ValueError(
@@ -67,12 +110,10 @@ def fit_mixture(
     sources = sorted({s for w in weights for s in w})
     x = np.array([[w.get(s, 0.0) / sum(w.values()) for s in sources] for w in weights])
     y = np.asarray(objective, dtype=float)
-
-    def model():
-        return make_pipeline(
-            PolynomialFeatures(degree=2, include_bias=False), RidgeCV(alphas=np.logspace(-6, 2, 30))
-        )
-
-    out_of_fold = cross_val_predict(model(), x, y, cv=KFold(folds, shuffle=True, random_state=0))
+    outer = KFold(folds, shuffle=True, random_state=0)
+    out_of_fold = cross_val_predict(selected_model(len(y) - len(y) // folds, folds), x, y, cv=outer)
     rho = float(spearmanr(out_of_fold, y).statistic)
-    return MixtureFit(sources, model().fit(x, y), rho, mode, len(y))
+    search = selected_model(len(y), folds).fit(x, y)
+    chosen = search.best_params_
+    family = "quadratic" if chosen["features__kind"] == "quadratic" else f"log(w + {chosen['features__eps']})"
+    return MixtureFit(sources, search.best_estimator_, rho, mode, len(y), family)

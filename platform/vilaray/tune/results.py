@@ -209,7 +209,8 @@ def write_results(
     if fit:
         md += [
             "",
-            f"Mixture fit over {fit['trials']} trials: held-out Spearman {fit['heldout_spearman']:.3f}.",
+            f"Mixture fit over {fit['trials']} trials ({fit.get('family', 'quadratic')} features): held-out "
+            f"Spearman {fit['heldout_spearman']:.3f}; best predicted {fit['best_predicted']}.",
         ]
     (root / "results.md").write_text("\n".join(md) + "\n")
     if best:

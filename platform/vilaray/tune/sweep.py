@@ -189,8 +189,8 @@ def fit_rows(rows: list[TrialRow], mode: str) -> dict | None:
         return None
     key = next(k for k in usable[0].config if k.startswith("mix/"))
     fit = fit_mixture([r.config[key] for r in usable], [r.objective for r in usable], mode)
-    return {"stage": key.split("/", 1)[1], "trials": fit.n_trials, "heldout_spearman": fit.heldout_spearman,
-            "best_predicted": fit.best(), "model": fit}  # fmt: skip
+    return {"stage": key.split("/", 1)[1], "trials": fit.n_trials, "family": fit.family,
+            "heldout_spearman": fit.heldout_spearman, "best_predicted": fit.best(), "model": fit}  # fmt: skip
 
 
 def finish(sweep: Sweep, propose: int, keep_exports: bool, groups_before: set[str] | None = None) -> None:
@@ -207,7 +207,7 @@ def finish(sweep: Sweep, propose: int, keep_exports: bool, groups_before: set[st
         )
     else:
         print(
-            f"[tune {sweep.name}] mixture fit over {fit['trials']} trials: held-out Spearman "
+            f"[tune {sweep.name}] mixture fit over {fit['trials']} trials ({fit['family']} features): held-out Spearman "
             f"{fit['heldout_spearman']:.3f}; best predicted {fit['best_predicted']}",
             flush=True,
         )

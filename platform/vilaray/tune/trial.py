@@ -14,8 +14,6 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from vilaray.config import Recipe, recipe_from_dict
-from vilaray.train.faults import FaultPlan
-from vilaray.train.runner import RunPaths, run_stage
 from vilaray.tune.space import HarnessEval, Objective, TuneSpace, trial_recipe
 
 
@@ -80,6 +78,11 @@ def run_trial(config: dict, sweep: Sweep) -> None:
     """Tune's function trainable: each of the space's stages with the trial's recipe, the first from the
     space's `start_from`, each next from the one before (its Train run named `<trial id>-<stage>`); then
     the trial's last result, from the finished stage (and the harness, when the space evaluates)."""
+    # Imported here, in the trial's process: the sweep's driver never trains, and the training stack (torch,
+    # DeepSpeed) would add seconds to every start of it (a resume, --status, --fit).
+    from vilaray.train.faults import FaultPlan
+    from vilaray.train.runner import RunPaths, run_stage
+
     # Tune starts a trial in its own folder; the recipe's relative paths (data, model, suite) are the
     # driver's, as for every other job (on a cluster, the job's working dir is the same on every node).
     if Path(sweep.cwd).is_dir():
