@@ -11,6 +11,7 @@ held-out rank correlation is nested: the family and the ridge penalty are chosen
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,7 +112,8 @@ def fit_mixture(
     x = np.array([[w.get(s, 0.0) / sum(w.values()) for s in sources] for w in weights])
     y = np.asarray(objective, dtype=float)
     outer = KFold(folds, shuffle=True, random_state=0)
-    out_of_fold = cross_val_predict(selected_model(len(y) - len(y) // folds, folds), x, y, cv=outer)
+    smallest_train = len(y) - math.ceil(len(y) / folds)  # the inner folds split an outer fold's training part
+    out_of_fold = cross_val_predict(selected_model(smallest_train, folds), x, y, cv=outer)
     rho = float(spearmanr(out_of_fold, y).statistic)
     search = selected_model(len(y), folds).fit(x, y)
     chosen = search.best_params_

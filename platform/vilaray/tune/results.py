@@ -209,7 +209,7 @@ def write_results(
     if fit:
         md += [
             "",
-            f"Mixture fit over {fit['trials']} trials ({fit.get('family', 'quadratic')} features): held-out "
+            f"Mixture fit over {fit['trials']} trials ({fit['family']} features): held-out "
             f"Spearman {fit['heldout_spearman']:.3f}; best predicted {fit['best_predicted']}.",
         ]
     (root / "results.md").write_text("\n".join(md) + "\n")
