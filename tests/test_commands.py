@@ -81,6 +81,23 @@ def test_sft_and_evaluate_commands(tiny_run, small_world_dir, capsys):
     assert_console_for_people(table)
 
 
+def test_evaluate_command_over_shot_counts_in_one_process(world_dir, assets_dir, tmp_path, capsys):
+    """README (VILA's findings, the few-shot probe): `python jobs/evaluate.py --model runs/demo/sft/export
+    --tasks shapes_vqa,shapes_captions --shots 0,1,2,3,4 --limit 300 --backend local`, here on the session's
+    model and world with 2 samples per task."""
+    import evaluate
+
+    argv = ["--model", str(assets_dir), "--tasks", "shapes_vqa,shapes_captions", "--shots", "0,1,2,3,4",
+            "--limit", "2", "--backend", "local", "--data-root", str(world_dir), "--out", str(tmp_path)]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    table = capsys.readouterr().out
+    assert all(f"shapes_vqa/{k}-shot" in table and f"shapes_captions/{k}-shot" in table for k in range(5))
+    assert "shapes_text_mc" not in table
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["meta"]["shots"] == [0, 1, 2, 3, 4]
+    assert_console_for_people(table)
+
+
 @pytest.mark.parametrize("job", ["pretrain", "sft"])
 def test_dry_run_validates_without_training(job, world_dir, assets_dir, tmp_path, capsys):
     module = __import__(job)
