@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", default=str(RECIPE))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue runs/demo instead of starting over")
-    p.add_argument("--eval-limit", type=int, default=100, help="samples per eval task")
+    p.add_argument("--eval-limit", type=int, default=300, help="samples per eval task")
     args = p.parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     phases = Phases()

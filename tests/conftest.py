@@ -116,6 +116,10 @@ SUITE = ROOT / "evals" / "shapes.yaml"
 # The shipped recipe's in-training benchmarks, widened to every task at 0 and 4 shots (fewer samples, at the
 # last step) so the run also checks 4-shot and caption parity with the export; none of it changes training.
 TINY_RUN_EVALUATION = {"tasks": None, "shots": [0, 4], "limit": 6}
+# The floors' SFT schedule: half the shipped one. tiny.yaml trains SFT for 560 steps because few-shot prompts
+# need them (README, VILA's findings); the floors hold at 280 on deterministic data, and the demo asserts them
+# on the shipped schedule, so the suite keeps its time.
+TINY_RUN_SFT_STEPS = 280
 
 
 @dataclass
@@ -129,10 +133,8 @@ class TinyRun:
 def tiny_run_sets(world: Path, assets: Path, run_root: Path) -> list[str]:
     """`--set` overrides for the documented training commands: where the world, model and runs live,
     deterministic data, wandb (offline) on, and the widened in-training benchmarks. The schedule is the
-    shipped one."""
-    from vilaray.config import load_recipe
-
-    ev, sft_steps = TINY_RUN_EVALUATION, load_recipe(TINY_RECIPE).stages["sft"].train.max_steps
+    shipped one but for SFT's length (TINY_RUN_SFT_STEPS)."""
+    ev, sft_steps = TINY_RUN_EVALUATION, TINY_RUN_SFT_STEPS
     sets = [
         f"model.path={assets}",
         f"defaults.data.root={world}",
@@ -147,6 +149,7 @@ def tiny_run_sets(world: Path, assets: Path, run_root: Path) -> list[str]:
         "stages.sft.evaluation.tasks=null",
         f"stages.sft.evaluation.shots={ev['shots']}",
         f"stages.sft.evaluation.limit={ev['limit']}",
+        f"stages.sft.train.max_steps={sft_steps}",
         f"stages.sft.evaluation.every={sft_steps}",
     ]
     return sets

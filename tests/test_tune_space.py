@@ -338,10 +338,32 @@ def test_findings_grid_is_one_factor_cells_crossed_with_seeds(tiny, assets_dir):
         **raw["stages"]["sft"]["evaluation"],
         "data_root": "/nowhere",
     }
-    with pytest.raises(SpaceError, match=r"stages.sft.evaluation \(run every 140 steps\): .*does not exist"):
+    every = raw["stages"]["sft"]["evaluation"]["every"]
+    with pytest.raises(
+        SpaceError, match=rf"stages.sft.evaluation \(run every {every} steps\): .*does not exist"
+    ):
         load_space(
             ROOT / "jobs/recipes/tune/vila-findings.yaml", recipe, raw_missing, start_from=str(assets_dir)
         )
+
+
+def test_grid_table_columns_in_vilas_order():
+    """Per task 0-shot, k-shot, then the 0-shot shuffled-image control; a control equal to its task in every
+    cell (text-only: no image to swap) and k-shot controls are left to results.json; the VL average last."""
+    from vilaray.tune.results import cells_table
+
+    def cell(name, vqa):
+        scores = {"harness/vl_avg/0-shot": vqa, "harness/shapes_vqa/4-shot": vqa - 0.1,
+                  "harness/shapes_vqa/0-shot": vqa, "harness/shapes_vqa/0-shot/shuffled": 0.2,
+                  "harness/shapes_vqa/4-shot/shuffled": 0.2, "harness/text_mc/0-shot": 0.4,
+                  "harness/text_mc/0-shot/shuffled": 0.4}  # fmt: skip
+        return {"cell": {"cell": name}, "seeds": 1, "mean": vqa, "stderr": float("nan"),
+                "scores": {k: {"mean": v, "stderr": float("nan")} for k, v in scores.items()}}  # fmt: skip
+
+    text = cells_table([cell("full", 0.5), cell("llm_frozen", 0.3)], "harness/vl_avg/0-shot")
+    head = "| cell | seeds | objective (harness/vl_avg/0-shot) | shapes_vqa/0-shot | shapes_vqa/4-shot |"
+    assert head + " shapes_vqa/0-shot shuffled | text_mc/0-shot | vl_avg/0-shot |" in text
+    assert "| llm_frozen | 1 | 0.3 | 30.0 | 20.0 | 20.0 | 40.0 | 30.0 |" in text
 
 
 def test_grid_results_per_cell_mean_and_standard_error_over_seeds(tiny, tmp_path):
@@ -364,5 +386,22 @@ def test_grid_results_per_cell_mean_and_standard_error_over_seeds(tiny, tmp_path
     assert set(cells["llm_frozen"]["scores"]) == {"harness/shapes_vqa/4-shot"}  # not the bootstrap errors
     write_results(tmp_path, rows, space, raw)
     md = (tmp_path / "results.md").read_text()
-    assert "| full | 3 | 0.6 ± 0.058 | 0.6 ± 0.058 |" in md and "| llm_frozen | 3 | 0.3 ± 0.058 |" in md
+    assert (
+        "| full | 3 | 0.6 ± 0.058 | 60.0 ± 5.8 |" in md
+        and "| llm_frozen | 3 | 0.3 ± 0.058 | 30.0 ± 5.8 |" in md
+    )
     assert md.index("Per cell") < md.index("## Trials")
+    # results.png in grid mode: a bar per cell and shot count, its height the cell's mean over seeds.
+    from PIL import Image
+    from vilaray.tune.plots import SHOT_COLORS
+
+    png = Image.open(tmp_path / "results.png").convert("RGB")
+    bar_columns: dict[int, int] = {}
+    for x in range(png.width):
+        height = sum(png.getpixel((x, y)) == SHOT_COLORS[0] for y in range(png.height))
+        if height:
+            bar_columns[x] = height
+    first, second = (
+        [h for x, h in bar_columns.items() if (x < min(bar_columns) + 10) == left] for left in (True, False)
+    )
+    assert first and second and max(first) / max(second) == pytest.approx(0.6 / 0.3, rel=0.05)

@@ -13,7 +13,8 @@ from pathlib import Path
 import yaml
 
 from vilaray.config import set_key
-from vilaray.tune.space import METRIC_PREFIXES, TuneSpace, flatten, trial_overrides
+from vilaray.tune.plots import plot_cells, plot_mixtures
+from vilaray.tune.space import HARNESS_SCORE, METRIC_PREFIXES, TuneSpace, flatten, trial_overrides
 
 
 @dataclass
@@ -135,22 +136,52 @@ def cells_summary(rows: list[TrialRow]) -> list[dict]:
     return out
 
 
-def _pm(mean: float, stderr: float) -> str:
+def _pm(mean: float, stderr: float, scale: float | None = None) -> str:
+    """mean ± SE; `scale` (x100 for harness scores) also fixes one decimal, as the eval tables print."""
+    if scale is not None:
+        mean, stderr = mean * scale, stderr * scale
+        return f"{mean:.1f}" if math.isnan(stderr) else f"{mean:.1f} ± {stderr:.1f}"
     return f"{mean:.4g}" if math.isnan(stderr) else f"{mean:.4g} ± {stderr:.2g}"
 
 
+def _vila_columns(cells: list[dict]) -> list[str]:
+    """The harness columns in VILA's order: per task 0-shot, k-shot, then the 0-shot shuffled-image control,
+    the VL average last. A control identical to its task in every cell (a text-only task: no image to
+    swap) and the k-shot controls stay in results.json."""
+    names = {n for c in cells for n in c["scores"] if HARNESS_SCORE.match(n)}
+
+    def moot(name: str) -> bool:
+        plain = name.removesuffix("/shuffled")
+        means = ((c["scores"].get(name), c["scores"].get(plain)) for c in cells)
+        return all(a is not None and b is not None and a["mean"] == b["mean"] for a, b in means)
+
+    keep = [
+        n for n in names
+        if not (m := HARNESS_SCORE.match(n))["control"] or (m["shots"] == "0" and not moot(n))
+    ]  # fmt: skip
+
+    def order(name: str) -> tuple:
+        m = HARNESS_SCORE.match(name)
+        return m["task"] == "vl_avg", m["task"], bool(m["control"]), int(m["shots"])
+
+    return sorted(keep, key=order)
+
+
 def cells_table(cells: list[dict], metric: str) -> str:
-    """Grid mode's table (VILA's layout): a row per cell, a column per score, mean ± SE over seeds (the
-    harness's scores where trials were evaluated; in-training ones are in the trials' table)."""
-    names = sorted({n for c in cells for n in c["scores"]})
-    if any(n.startswith("harness/") for n in names):
-        names = [n for n in names if n.startswith("harness/")]
-    head = ["cell", "seeds", f"objective ({metric})", *names]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """Grid mode's table (VILA's layout): a row per cell, mean ± SE over seeds of the objective and of the
+    harness's scores x100 as papers print them (VQA %, CIDEr x100); without harness scores, every score as
+    logged (the in-training ones; the trials' table has them per trial)."""
+    names = _vila_columns(cells)
+    scale = 100.0 if names else None
+    names = names or sorted({n for c in cells for n in c["scores"]})
+    heads = [n.removeprefix("harness/").replace("/shuffled", " shuffled") for n in names]
+    head = ["cell", "seeds", f"objective ({metric})", *heads]
+    lines = ["Harness scores x100 (VQA %, CIDEr x100).", ""] if scale else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         label = c["cell"].get("cell") or _cell({k: v for k, v in c["cell"].items()}) or "(recipe)"
         cells_ = [str(label), str(c["seeds"]), _pm(c["mean"], c["stderr"])]
-        cells_ += [_pm(**c["scores"][n]) if n in c["scores"] else "" for n in names]
+        cells_ += [_pm(**c["scores"][n], scale=scale) if n in c["scores"] else "" for n in names]
         lines.append("| " + " | ".join(cells_) + " |")
     return "\n".join(lines)
 
@@ -218,45 +249,7 @@ def write_results(
         (root / "best.yaml").write_text(
             f"# Best trial {best[0].trial_id}: {metric} {best[0].objective:.4f}\n{text}"
         )
-    plot(root / "results.png", rows, metric)
-
-
-def plot(path: Path, rows: list[TrialRow], metric: str) -> None:
-    """The objective against each mix weight, a panel per stage:source (proposed mixtures as squares),
-    drawn with Pillow like the eval chart: no plotting stack."""
-    from PIL import Image, ImageDraw
-
-    done = [r for r in rows if r.finished]
-    panels = sorted(
-        {
-            (k.split("/", 1)[1], s)
-            for r in done
-            for k, v in r.config.items()
-            if k.startswith("mix/")
-            for s in v
-        }
-    )
-    size, pad = 220, 36
-    img = Image.new("RGB", (max(1, len(panels)) * (size + pad) + pad, size + 2 * pad + 14), "white")
-    draw = ImageDraw.Draw(img)
-    values = [r.objective for r in done]
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    span = (hi - lo) or 1.0
-    draw.text(
-        (pad, 6), f"{metric} (y, {lo:.4g} .. {hi:.4g}) against each mix weight (x, 0 .. 1)", fill="black"
-    )
-    if not panels:
-        draw.text((pad, pad + 20), "no finished trials with a mixture yet", fill="black")
-    for n, (stage, source) in enumerate(panels):
-        x0, y0 = pad + n * (size + pad), pad
-        draw.rectangle([x0, y0, x0 + size, y0 + size], outline="black")
-        draw.text((x0, y0 + size + 4), f"{stage}: {source}", fill="black")
-        for r in done:
-            w = r.config.get(f"mix/{stage}", {}).get(source)
-            if w is None:
-                continue
-            x, y = x0 + w * size, y0 + size - (r.objective - lo) / span * size
-            color = (214, 39, 40) if r.proposed else (31, 119, 180)
-            box = [x - 3, y - 3, x + 3, y + 3]
-            (draw.rectangle if r.proposed else draw.ellipse)(box, fill=color)
-    img.save(path)
+    if cells:
+        plot_cells(root / "results.png", cells)
+    else:
+        plot_mixtures(root / "results.png", rows, metric)

@@ -106,6 +106,8 @@ class Mix(Strict):
 # Where an objective's metric comes from, by prefix: held-out loss and in-training benchmarks are reported
 # during training (ASHA can stop on them); `harness/...` scores only once the trial's export is evaluated.
 METRIC_PREFIXES = ("val_loss", "eval/", "harness/")
+# A harness score's name: its task, shot count and whether it is the shuffled-image control.
+HARNESS_SCORE = re.compile(r"^harness/(?P<task>[^/]+)/(?P<shots>\d+)-shot(?P<control>/shuffled)?$")
 
 
 class Objective(Strict):
