@@ -348,8 +348,8 @@ def test_findings_grid_is_one_factor_cells_crossed_with_seeds(tiny, assets_dir):
 
 
 def test_grid_table_columns_in_vilas_order():
-    """Per task 0-shot, k-shot, then the 0-shot shuffled-image control; a control equal to its task in every
-    cell (text-only: no image to swap) and k-shot controls are left to results.json; the VL average last."""
+    """Per task 0-shot, k-shot, then the 0-shot shuffled-image control (k-shot controls are left to
+    results.json); the VL average last."""
     from vilaray.tune.results import cells_table
 
     def cell(name, vqa):
@@ -362,8 +362,11 @@ def test_grid_table_columns_in_vilas_order():
 
     text = cells_table([cell("full", 0.5), cell("llm_frozen", 0.3)], "harness/vl_avg/0-shot")
     head = "| cell | seeds | objective (harness/vl_avg/0-shot) | shapes_vqa/0-shot | shapes_vqa/4-shot |"
-    assert head + " shapes_vqa/0-shot shuffled | text_mc/0-shot | vl_avg/0-shot |" in text
-    assert "| llm_frozen | 1 | 0.3 | 30.0 | 20.0 | 20.0 | 40.0 | 30.0 |" in text
+    assert (
+        head + " shapes_vqa/0-shot shuffled | text_mc/0-shot | text_mc/0-shot shuffled | vl_avg/0-shot |"
+        in text
+    )
+    assert "| llm_frozen | 1 | 0.3 | 30.0 | 20.0 | 20.0 | 40.0 | 40.0 | 30.0 |" in text
 
 
 def test_grid_results_per_cell_mean_and_standard_error_over_seeds(tiny, tmp_path):

@@ -145,19 +145,14 @@ def _pm(mean: float, stderr: float, scale: float | None = None) -> str:
 
 
 def _vila_columns(cells: list[dict]) -> list[str]:
-    """The harness columns in VILA's order: per task 0-shot, k-shot, then the 0-shot shuffled-image control,
-    the VL average last. A control identical to its task in every cell (a text-only task: no image to
-    swap) and the k-shot controls stay in results.json."""
+    """The harness columns in VILA's order: per task 0-shot, k-shot, then the 0-shot shuffled-image control
+    (a text-only task's equals its score: no image to swap), the VL average last. The k-shot controls stay
+    in results.json."""
     names = {n for c in cells for n in c["scores"] if HARNESS_SCORE.match(n)}
-
-    def moot(name: str) -> bool:
-        plain = name.removesuffix("/shuffled")
-        means = ((c["scores"].get(name), c["scores"].get(plain)) for c in cells)
-        return all(a is not None and b is not None and a["mean"] == b["mean"] for a, b in means)
 
     keep = [
         n for n in names
-        if not (m := HARNESS_SCORE.match(n))["control"] or (m["shots"] == "0" and not moot(n))
+        if not (m := HARNESS_SCORE.match(n))["control"] or m["shots"] == "0"
     ]  # fmt: skip
 
     def order(name: str) -> tuple:
