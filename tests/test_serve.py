@@ -547,6 +547,12 @@ def test_back_pressure_and_deadline_are_answered_in_the_envelope(served):
         return httpx.post(url, json={**body, "stream": stream}, timeout=60)
 
     try:
+        # The ingress's handle finds the model replica on its first call: until then A would wait in the
+        # router's queue of one and B and C would both find it full (seen on a loaded box). A prompt past the
+        # context is refused by the replica itself at once, so its 400 shows the route to the replica is known.
+        long = {**body, "messages": ask(None, "hi " * 4000)}
+        warm = httpx.post(url, json=long, timeout=60)
+        assert warm.status_code == 400 and warm.json()["error"]["code"] == "context_length_exceeded", warm.text
         with ThreadPoolExecutor(3) as pool:
             a, b, c = pool.map(post, ((0.0, True), (0.8, False), (2.0, False)))
         # A is never refused; which of B and C finds the queue full depends on when the replica takes A
