@@ -20,6 +20,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
 os.environ.setdefault("RAY_enable_output_error_log_if_still_retry", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # Serve's replicas and handles report load every 0.5 s instead of 10 s: the autoscaling test sees replicas
 # come and go within seconds.
 os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
@@ -182,7 +183,8 @@ def tiny_run(ray_session, small_world_dir, small_assets_dir, tmp_path_factory) -
     argv = ["--recipe", str(TINY_RECIPE.relative_to(ROOT)), *as_flags(overrides)]
     # A user's shell: none of this session's Ray settings (vilaray must make its own).
     session_only = ("RAY_ADDRESS", "PYTHONPATH", "RAY_worker_maximum_startup_concurrency",
-                    "RAY_enable_output_error_log_if_still_retry", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")  # fmt: skip
+                    "RAY_enable_output_error_log_if_still_retry", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in session_only}
     pretrain = subprocess.run(
         [sys.executable, "jobs/pretrain.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True,

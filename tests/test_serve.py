@@ -552,7 +552,9 @@ def test_back_pressure_and_deadline_are_answered_in_the_envelope(served):
         # context is refused by the replica itself at once, so its 400 shows the route to the replica is known.
         long = {**body, "messages": ask(None, "hi " * 4000)}
         warm = httpx.post(url, json=long, timeout=60)
-        assert warm.status_code == 400 and warm.json()["error"]["code"] == "context_length_exceeded", warm.text
+        assert warm.status_code == 400 and warm.json()["error"]["code"] == "context_length_exceeded", (
+            warm.text
+        )
         with ThreadPoolExecutor(3) as pool:
             a, b, c = pool.map(post, ((0.0, True), (0.8, False), (2.0, False)))
         # A is never refused; which of B and C finds the queue full depends on when the replica takes A

@@ -52,6 +52,7 @@ def run_env() -> dict:
         "RAY_ADDRESS",
         "RAY_worker_maximum_startup_concurrency",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
     )
     return {k: v for k, v in os.environ.items() if k not in session_only}
 

@@ -61,6 +61,9 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs
         # Ray Train's controller polls its workers every 2 s by default: each stage's start, each checkpoint
         # report and its end wait for a poll. A local Ray's processes inherit this; a cluster sets its own.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        # One machine has no node to lose to preemption: no watcher actor per stage (a process of its own,
+        # a few CPU-seconds of imports each on a 2-core laptop). A cluster keeps Ray Train's default.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(
             address="local",
             num_cpus=cpus,
