@@ -212,16 +212,10 @@ def source_dataset(
     return ds.repartition(target_num_rows_per_block=data.block_rows)
 
 
-@dataclass(frozen=True)
-class Pilot:
-    """What a source's first few packed windows show, measured on the driver with the pipeline's code."""
-
-    efficiency: float  # non-pad tokens / all tokens
-    row_bytes: int  # Arrow bytes of the largest packed row
-
-
-def pilot(shards: list[Shard], spec: PipelineSpec, window: int, n_windows: int = 4) -> Pilot:
-    """Packing efficiency and row size of a source, on its first few windows, with the same code."""
+def pilot_efficiency(shards: list[Shard], spec: PipelineSpec, window: int, n_windows: int = 4) -> float:
+    """Packing efficiency of a source measured on its first few windows, on the driver, with the same code."""
+    if not spec.packing:
+        return 1.0
     source = SourceEncoder.local(spec)
     want = window * n_windows
     samples = list(itertools.islice(source.samples(shards, split=False), want))
@@ -230,13 +224,8 @@ def pilot(shards: list[Shard], spec: PipelineSpec, window: int, n_windows: int =
         samples = (samples * (want // len(samples) + 1))[:want]
     rows = [r for packed in source.packed_windows(iter(samples), window) for r in packed]
     if not rows:
-        return Pilot(1.0, 0)
-    table = rows_to_table(rows, schema.ROW)
-    row_bytes = max(table.slice(i, 1).nbytes for i in range(table.num_rows))
-    if not spec.packing:
-        return Pilot(1.0, row_bytes)
-    eff = packing_efficiency(sum(r["num_tokens"] for r in rows), len(rows), spec.pack.seq_len)
-    return Pilot(eff, row_bytes)
+        return 1.0
+    return packing_efficiency(sum(r["num_tokens"] for r in rows), len(rows), spec.pack.seq_len)
 
 
 def check_cpu_budget(data: DataConfig, n_sources: int) -> None:
@@ -302,8 +291,7 @@ def build_mixture(planned: PlannedData, ledger) -> Mixture:
     token_weights = data.weights()
     # `mix` balances rows; a source whose rows are less full needs proportionally more rows to reach
     # its token share, so row weights are token weights divided by each source's packing efficiency.
-    pilots = {name: pilot(shards, spec, data.pack_window) for name, shards in plans.items()}
-    eff = {name: p.efficiency for name, p in pilots.items()}
+    eff = {name: pilot_efficiency(shards, spec, data.pack_window) for name, shards in plans.items()}
     raw = {name: token_weights[name] / max(eff[name], 1e-6) for name in token_weights}
     total = sum(raw.values())
     row_weights = {name: w / total for name, w in raw.items()}
@@ -317,11 +305,4 @@ def build_mixture(planned: PlannedData, ledger) -> Mixture:
             weights=[row_weights[n] for n in names],
             stopping_condition=STOP_RULES.get(data.stop_on),
         )
-    # Ray Data holds a task's output until it reaches `target_max_block_size` (128 MiB) or the task ends,
-    # and a call reads several shards (a one-file source: several epochs of it): the stream's first rows
-    # waited for whole calls (~20 s of a 2-core box's start-up for the demo's one-file LLaVA source). A
-    # block of `block_rows` of the largest rows leaves as soon as a window is packed.
-    largest = max(p.row_bytes for p in pilots.values())
-    if largest:
-        mixed.context.target_max_block_size = data.block_rows * largest
     return Mixture(mixed, token_weights, row_weights, eff, spec)
