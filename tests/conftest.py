@@ -16,11 +16,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# As vilaray.runtime sets for a job's Ray: no console lines about worker start-up concurrency or retries.
-os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
-os.environ.setdefault("RAY_enable_output_error_log_if_still_retry", "0")
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # Serve's replicas and handles report load every 0.5 s instead of 10 s: the autoscaling test sees replicas
 # come and go within seconds.
 os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
@@ -28,6 +23,20 @@ os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(ROOT / "jobs"))
+
+from vilaray.runtime import JOB_ENV, VILARAY_RAY_VARS, local_ray_env  # noqa: E402  (needs the path above)
+
+# As vilaray sets for a job's local Ray (the session's has 8 logical CPUs): quiet consoles, prompt health
+# checks, no preemption watcher.
+for _key, _value in (local_ray_env(8) | JOB_ENV).items():
+    os.environ.setdefault(_key, _value)
+
+
+def user_shell_env() -> dict[str, str]:
+    """This process's environment as a user's shell has it: none of the session's Ray settings, so a job
+    started from it makes its own."""
+    session_only = {"RAY_ADDRESS", "PYTHONPATH", *VILARAY_RAY_VARS}
+    return {k: v for k, v in os.environ.items() if k not in session_only}
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +138,7 @@ class TinyRun:
     paths: object
     exports: dict[str, Path]
     consoles: dict[str, str]  # job -> what it printed (stdout + stderr)
+    pretrain_ray_logs: Path  # the Ray session logs of pretrain.py's own local Ray
 
 
 def tiny_run_sets(world: Path, assets: Path, run_root: Path) -> list[str]:
@@ -181,24 +191,22 @@ def tiny_run(ray_session, small_world_dir, small_assets_dir, tmp_path_factory) -
     run_root = tmp_path_factory.mktemp("tiny_run")
     overrides = tiny_run_sets(small_world_dir, small_assets_dir, run_root)
     argv = ["--recipe", str(TINY_RECIPE.relative_to(ROOT)), *as_flags(overrides)]
-    # A user's shell: none of this session's Ray settings (vilaray must make its own).
-    session_only = ("RAY_ADDRESS", "PYTHONPATH", "RAY_worker_maximum_startup_concurrency",
-                    "RAY_enable_output_error_log_if_still_retry", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
-                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in session_only}
+    recipe = load_recipe(TINY_RECIPE, overrides)
+    paths = run_paths(recipe, None, None)
+    env = user_shell_env()
     pretrain = subprocess.run(
         [sys.executable, "jobs/pretrain.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=3600,
     )  # fmt: skip
     assert pretrain.returncode == 0, (pretrain.stdout + pretrain.stderr)[-6000:]
+    # Resolved now: sft.main below (on the session's Ray) relinks `<run>/logs/ray` to the session's logs.
+    pretrain_ray_logs = (paths.run_dir / "logs" / "ray").resolve()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert sft.main(argv) == 0, err.getvalue()[-6000:]
-    recipe = load_recipe(TINY_RECIPE, overrides)
-    paths = run_paths(recipe, None, None)
     exports = {stage: paths.export_dir(stage) for stage in recipe.stages}
     consoles = {"pretrain": pretrain.stdout + pretrain.stderr, "sft": out.getvalue() + err.getvalue()}
-    return TinyRun(recipe, paths, exports, consoles)
+    return TinyRun(recipe, paths, exports, consoles, pretrain_ray_logs)
 
 
 def base_recipe(world_dir: Path, assets_dir: Path, run_root: Path, **data) -> dict:

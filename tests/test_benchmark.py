@@ -210,3 +210,27 @@ def test_tune_benchmark_overhead_comes_from_both_measured_sides_and_its_checks_f
     space = bench_space(TuneBenchConfig(trials=3), start_from=Path("/x"))
     assert space["mix"]["pretrain"]["points"] == [space["mix"]["pretrain"]["points"][0]] * 3
     assert space["scheduler"] == {"name": "fifo"}
+
+
+def test_stage_data_benchmark_times_the_capped_mixture_against_the_uncapped(
+    ray_session, world_dir, assets_dir
+):
+    """A 2-step, one-worker align stage of the tiny recipe (one source: the harness, not the figures) on the
+    session's world: both sides read the same 4 rows in the same order, the ratios come from the two
+    measured sides, and the verdict fires on rows that differ."""
+    from vilaray.bench import BENCHMARKS
+    from vilaray.bench.stage_data import StageDataBenchConfig, check
+
+    cfg = StageDataBenchConfig(
+        stage="align", world=str(world_dir), assets=str(assets_dir), steps=2, workers=1, reps=1, warmup=False
+    )
+    report = BENCHMARKS.get("stage-data").run(cfg)
+    out = json.loads(json.dumps(report.to_dict()))
+    assert out["rows"] == 4 and out["same_rows"] and out["failures"] == []
+    assert [r["side"] for r in out["runs"]] == ["capped", "uncapped"]
+    for what in ("seconds", "cpu_seconds"):
+        sides = out["means"]
+        assert sides["uncapped"][what] > 0 and sides["capped"][what] > 0
+        assert out["ratios"][what] == pytest.approx(sides["uncapped"][what] / sides["capped"][what])
+    assert "same rows in the same order: yes" in report.table()
+    assert check(dataclasses.replace(report, same_rows=False))

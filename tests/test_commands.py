@@ -54,6 +54,14 @@ def test_pretrain_command_on_a_fresh_local_ray_speaks_to_people(tiny_run):
     # Ray's own logs are kept, under the run: the driver's records and a link to the session's files.
     assert (run_dir / "logs" / "driver.log").is_file()
     assert (run_dir / "logs" / "ray").is_symlink() and any((run_dir / "logs" / "ray").glob("worker-*"))
+    # One machine has no node to lose: the job's local Ray ran Ray Train without its preemption watcher.
+    actors = {
+        line.removeprefix(":actor_name:")
+        for out in tiny_run.pretrain_ray_logs.glob("worker-*.out")
+        for line in out.read_text(errors="replace").splitlines()
+        if line.startswith(":actor_name:")
+    }
+    assert {"TrainController", "RayTrainWorker"} <= actors and "PreemptionWatcher" not in actors, actors
 
 
 @pytest.mark.slow
@@ -145,11 +153,13 @@ def test_make_world_command_reuses_a_built_world(world, assets_dir, tmp_path, ca
     assert_console_for_people(out)
 
 
-@pytest.mark.parametrize("bench", ["attention", "data", "train", "eval", "lm-head", "serve", "tune"])
+@pytest.mark.parametrize(
+    "bench", ["attention", "data", "train", "eval", "lm-head", "serve", "tune", "stage-data"]
+)
 def test_benchmark_commands_parse(bench):
     import benchmark
 
-    # python jobs/benchmark.py attention|data|train|eval|lm-head|serve|tune (runs: tests/test_benchmark.py's)
+    # python jobs/benchmark.py attention|data|train|eval|lm-head|serve|tune|stage-data (runs: tests/test_benchmark.py's)
     args = benchmark.build_parser().parse_args([bench])
     config = benchmark.config_from_args(benchmark.BENCHMARKS.get(bench), args)
     assert args.benchmark == bench and config == benchmark.BENCHMARKS.get(bench).config()

@@ -183,6 +183,42 @@ def stream_loop(config: dict) -> None:
     ray.train.report({"steps": steps})
 
 
+def mixed_ids(dataset, n: int | None = None) -> list[list[str]]:
+    """Each row's sample ids, in the mix's order: the first `n` rows, or every row to the stream's end."""
+    out: list[list[str]] = []
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        out += batch.column("sample_ids").to_pylist()
+        if n is not None and len(out) >= n:
+            return out[:n]
+    return out
+
+
+def test_a_capped_mixture_gives_the_same_first_rows_then_stops(ray_session, world_dir, assets_dir, tmp_path):
+    """`max_rows` (what a stage can train on) stops each source once it has given what the mix's first
+    `max_rows` rows can hold: those rows are the uncapped mixture's, in its order, and the stream ends
+    within a few blocks per source instead of tokenizing on."""
+    import ray.data
+    from vilaray.data.pipeline import source_cap
+    from vilaray.data.quarantine import QuarantineActor
+
+    raw = base_recipe(world_dir, assets_dir, tmp_path, seq_len=256, block_rows=4)
+    for source in raw["data"]["sources"].values():
+        source["epochs"] = 4
+    recipe = recipe_from_dict(raw)
+    planned, n = recipe_data(recipe), 16
+    ctx = ray.data.DataContext.get_current()
+    prev, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        uncapped = mixed_ids(planned.mixture(QuarantineActor.remote(None, 0)).dataset)
+        capped = planned.mixture(QuarantineActor.remote(None, 0), max_rows=n)
+        rows = mixed_ids(capped.dataset)
+    finally:
+        ctx.execution_options.preserve_order = prev
+    assert rows[:n] == uncapped[:n]
+    caps = sum(source_cap(n, w, recipe.data.block_rows) for w in capped.row_weights.values())
+    assert n <= len(rows) <= caps < len(uncapped), (len(rows), caps, len(uncapped))
+
+
 def test_mixture_streams_into_torchtrainer_with_token_shares(
     ray_session, small_world_dir, assets_dir, tmp_path
 ):
@@ -194,8 +230,8 @@ def test_mixture_streams_into_torchtrainer_with_token_shares(
     for name, epochs in {"pairs": 10, "interleaved": 10, "text": 10}.items():
         raw["data"]["sources"][name]["epochs"] = epochs
     recipe = recipe_from_dict(raw)
-    mixture = recipe_data(recipe).mixture(QuarantineActor.remote(None, 0))
     rows, batch_size = 10_000, 8
+    mixture = recipe_data(recipe).mixture(QuarantineActor.remote(None, 0), max_rows=rows)
     trainer = TorchTrainer(
         stream_loop,
         train_loop_config={

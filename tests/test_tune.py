@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, TINY_RECIPE, as_flags
+from conftest import ROOT, TINY_RECIPE, as_flags, user_shell_env
 from vilaray.tune.results import NOT_ENDED
 
 pytestmark = pytest.mark.slow
@@ -44,17 +44,6 @@ def sweep_flags(world: Path, assets: Path, run_root: Path) -> list[str]:
             "defaults.validation.rows_per_source=2",
         ]
     )
-
-
-def run_env() -> dict:
-    """A user's shell: the job starts its own local Ray (with the dashboard, as a sweep's Ray does)."""
-    session_only = (
-        "RAY_ADDRESS",
-        "RAY_worker_maximum_startup_concurrency",
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
-        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
-    )
-    return {k: v for k, v in os.environ.items() if k not in session_only}
 
 
 @dataclass
@@ -99,7 +88,7 @@ def smoke(world_dir, assets_dir, tmp_path_factory) -> Smoke:
     os.killpg(second.pid, signal.SIGKILL)
     second.wait()
     finished = {t["trial_id"]: fingerprint(out, t["trial_id"]) for t in ended_trials(out)}
-    resumed = subprocess.run([*argv, "--resume"], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+    resumed = subprocess.run([*argv, "--resume"], cwd=ROOT, env=user_shell_env(), capture_output=True, text=True,
                              timeout=1200)  # fmt: skip
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-6000:]
     return Smoke(out, finished, resumed.stdout, ctrl_c)
@@ -115,7 +104,7 @@ def start_until_ended(argv: list[str], log: Path, out: Path, n: int) -> subproce
     """The job started in a session of its own, returned still running once `n` trials have ended."""
     with log.open("w") as f:
         driver = subprocess.Popen(
-            argv, cwd=ROOT, env=run_env(), start_new_session=True, stdout=f, stderr=subprocess.STDOUT
+            argv, cwd=ROOT, env=user_shell_env(), start_new_session=True, stdout=f, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and driver.poll() is None and len(ended_trials(out)) < n:

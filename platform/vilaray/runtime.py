@@ -44,6 +44,30 @@ def local_cpus(requested: float | None = None) -> float:
     return requested if requested is not None else float(max(LOCAL_LOGICAL_CPUS, os.cpu_count() or 1))
 
 
+def local_ray_env(cpus: float) -> dict[str, str]:
+    """What a local Ray's processes inherit unless the user set it (a cluster's nodes set their own)."""
+    return {
+        # The raylet starts at most min(cores, CPUs) workers at once and prints a warning to the console
+        # each time a job has started 4x, 6x... that many; a stage's actors (tokenizers, train workers,
+        # ledger, controller) always would on a laptop. Start up to one per logical CPU instead.
+        "RAY_worker_maximum_startup_concurrency": str(int(cpus)),
+        # Ray Train's controller polls its workers every 2 s by default: each stage's start, each checkpoint
+        # report and its end wait for a poll.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        # One machine has no node to lose to preemption: no watcher actor per stage (a process of its own,
+        # a few CPU-seconds of imports each on a 2-core laptop).
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    }
+
+
+# What a job's console needs of Ray: no line for every task it is about to retry (e.g. a tokenizer actor's
+# call cut short when a `--max-rows` prepare stops its pool); the retry's outcome is still reported if it fails.
+JOB_ENV = {"RAY_enable_output_error_log_if_still_retry": "0"}
+
+# Every variable vilaray sets for a Ray it starts itself (a test's "user shell" leaves them all out).
+VILARAY_RAY_VARS = (*local_ray_env(1), *JOB_ENV)
+
+
 def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs) -> None:
     """Join the cluster at `address` / RAY_ADDRESS (e.g. inside `ray job submit`), else start a local Ray
     with `local_cpus(num_cpus)` logical CPUs."""
@@ -54,16 +78,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs
         ray.init(address=address, runtime_env=runtime_env(), **kwargs)
     else:
         cpus = local_cpus(num_cpus)
-        # The raylet starts at most min(cores, CPUs) workers at once and prints a warning to the console
-        # each time a job has started 4x, 6x... that many; a stage's actors (tokenizers, train workers,
-        # ledger, controller) always would on a laptop. Start up to one per logical CPU instead.
-        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(int(cpus)))
-        # Ray Train's controller polls its workers every 2 s by default: each stage's start, each checkpoint
-        # report and its end wait for a poll. A local Ray's processes inherit this; a cluster sets its own.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-        # One machine has no node to lose to preemption: no watcher actor per stage (a process of its own,
-        # a few CPU-seconds of imports each on a 2-core laptop). A cluster keeps Ray Train's default.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        for key, value in local_ray_env(cpus).items():
+            os.environ.setdefault(key, value)
         ray.init(
             address="local",
             num_cpus=cpus,
@@ -79,9 +95,8 @@ def init_job(run_dir: Path, address: str | None = None, num_cpus: float | None =
     from vilaray.console import link_ray_session_logs, quiet_console
 
     folder = quiet_console(run_dir)
-    # Ray announces on the console every task it is about to retry (e.g. a tokenizer actor's call cut short
-    # when a `--max-rows` prepare stops its pool); the retry's outcome is still reported when it fails.
-    os.environ.setdefault("RAY_enable_output_error_log_if_still_retry", "0")
+    for key, value in JOB_ENV.items():
+        os.environ.setdefault(key, value)
     init_ray(address, num_cpus=num_cpus, log_to_driver=False, **kwargs)
     link_ray_session_logs(run_dir)
     # No Ray Data progress bars or execution banners: vilaray prints its own statistics, and on 2 cores

@@ -41,4 +41,4 @@ def register(bench: Benchmark) -> Benchmark:
 
 
 # Benchmark modules register themselves on import.
-from vilaray.bench import attention, data, evals, lm_head, serve, train, tune  # noqa: E402,F401
+from vilaray.bench import attention, data, evals, lm_head, serve, stage_data, train, tune  # noqa: E402,F401

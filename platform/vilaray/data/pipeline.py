@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -281,12 +282,22 @@ class PlannedData:
     def split(self, split: Literal["train", "validation"]) -> PlannedData:
         return replace(self, spec=replace(self.spec, split=split))
 
-    def mixture(self, ledger) -> Mixture:
-        return build_mixture(self, ledger)
+    def mixture(self, ledger, max_rows: int | None = None) -> Mixture:
+        return build_mixture(self, ledger, max_rows)
 
 
-def build_mixture(planned: PlannedData, ledger) -> Mixture:
-    """Each source's stream, weighted by tokens and mixed."""
+def source_cap(max_rows: int, weight: float, block_rows: int) -> int:
+    """Rows of a source that the mix's first `max_rows` rows can hold. `Dataset.mix` moves one block at a time
+    from the input furthest behind `weight x rows so far`, so a source that has given `weight x max_rows +`
+    one block has not been drawn from before the mix reached `max_rows` rows; the second block is slack."""
+    return math.ceil(weight * max_rows) + 2 * block_rows
+
+
+def build_mixture(planned: PlannedData, ledger, max_rows: int | None = None) -> Mixture:
+    """Each source's stream, weighted by tokens and mixed. With `max_rows` (what a stage can train on),
+    each source stops once it has given all it could contribute to that many rows: the same first
+    `max_rows` rows, without tokenizing and packing what nobody reads (sources otherwise run ahead of the
+    mix until the object store pushes back)."""
     data, spec, plans = planned.config, planned.spec, planned.plans
     token_weights = data.weights()
     # `mix` balances rows; a source whose rows are less full needs proportionally more rows to reach
@@ -298,6 +309,10 @@ def build_mixture(planned: PlannedData, ledger) -> Mixture:
     names = list(token_weights)
     check_cpu_budget(data, len(names))
     datasets = [source_dataset(plans[n], data.sources[n], data, spec, ledger) for n in names]
+    if max_rows is not None:
+        datasets = [
+            ds.limit(source_cap(max_rows, row_weights[n], data.block_rows)) for ds, n in zip(datasets, names)
+        ]
     mixed = datasets[0]
     if len(datasets) > 1:
         mixed = datasets[0].mix(

@@ -42,12 +42,12 @@ def prepare(
     try:
         data = planned.config
         ledger = QuarantineActor.remote(str(run_dir), data.quarantine_samples)
-        mixture = planned.mixture(ledger)
+        mixture = planned.mixture(ledger, max_rows)
         out_dir = run_dir / "prepared"
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob("shard-*.parquet"):
             stale.unlink()
-        shards, stats = _write_shards(mixture, out_dir, max_rows, rows_per_shard)
+        shards, stats = write_shards(mixture, out_dir, max_rows, rows_per_shard)
         skipped = ray.get(ledger.write_summary.remote())
         if verbose:
             print(mixture.dataset.stats())
@@ -68,7 +68,8 @@ def prepare(
     return PrepareResult(out_dir, shards, report)
 
 
-def _write_shards(mixture: Mixture, out_dir: Path, max_rows: int | None, rows_per_shard: int):
+def write_shards(mixture: Mixture, out_dir: Path, max_rows: int | None, rows_per_shard: int):
+    """The mixture's rows (the first `max_rows`, or all) as Parquet shards of `rows_per_shard` rows, in order."""
     stats = StreamStats()
     shards: list[Path] = []
     writer, in_shard, total = None, 0, 0

@@ -137,7 +137,9 @@ def run_stage(
         datasets, shards = {}, _prepared_shards(plan, stage_dir)
     else:
         ledger = QuarantineActor.remote(str(stage_dir), cfg.data.quarantine_samples)
-        datasets, shards = {"train": plan.data.mixture(ledger).dataset}, None
+        # Capped at what the stage can train on: every rank's share of Ray Train's equal split still holds
+        # all its steps, and the sources stop tokenizing once nothing more can reach a rank.
+        datasets, shards = {"train": plan.data.mixture(ledger, rows_needed(cfg.train)).dataset}, None
     job = StageJob(
         stage=stage,
         stage_config=cfg.model_dump(mode="json", exclude_unset=True),
