@@ -234,3 +234,8 @@ def test_stage_data_benchmark_times_the_capped_mixture_against_the_uncapped(
         assert out["ratios"][what] == pytest.approx(sides["uncapped"][what] / sides["capped"][what])
     assert "same rows in the same order: yes" in report.table()
     assert check(dataclasses.replace(report, same_rows=False))
+    # Bad options fail before any work, naming the flag.
+    with pytest.raises(ValueError, match="--reps"):
+        BENCHMARKS.get("stage-data").run(dataclasses.replace(cfg, reps=0))
+    with pytest.raises(ValueError, match="--stage: 'nope'"):
+        BENCHMARKS.get("stage-data").run(dataclasses.replace(cfg, stage="nope", steps=0, workers=0))

@@ -119,12 +119,19 @@ def read_rows(planned, rows: int, capped: bool, out: Path) -> tuple[Timed, list]
 
 
 def run_stage_data_benchmark(cfg: StageDataBenchConfig) -> StageDataReport:
+    from vilaray.config import RecipeError
     from vilaray.train.runner import absolute_recipe, rows_needed
 
+    if cfg.reps < 1:
+        raise ValueError(f"--reps: {cfg.reps} rounds, need at least 1")
     sets = [f"model.path={cfg.assets}", f"defaults.data.root={cfg.world}"]
     sets += [f"stages.{cfg.stage}.train.max_steps={cfg.steps}"] if cfg.steps else []
     sets += [f"stages.{cfg.stage}.train.num_workers={cfg.workers}"] if cfg.workers else []
     recipe = absolute_recipe(load_recipe(cfg.recipe, sets))
+    if cfg.stage not in recipe.stages:
+        raise RecipeError(
+            f"--stage: {cfg.stage!r} is not a stage of {cfg.recipe}; stages are {list(recipe.stages)}"
+        )
     plan = plan_stage(recipe, cfg.stage, recipe.model)
     rows = rows_needed(plan.config.train)
     ctx = ray.data.DataContext.get_current()
