@@ -197,8 +197,8 @@ def test_a_capped_mixture_gives_the_same_first_rows_then_stops(ray_session, worl
     """`max_rows` (what a stage can train on) stops each source once it has given what the mix's first
     `max_rows` rows can hold: those rows are the uncapped mixture's, in its order, and the stream ends
     within a few blocks per source instead of tokenizing on."""
-    import ray.data
     from vilaray.data.pipeline import source_cap
+    from vilaray.data.prepare import preserved_order
     from vilaray.data.quarantine import QuarantineActor
 
     raw = base_recipe(world_dir, assets_dir, tmp_path, seq_len=256, block_rows=4)
@@ -206,14 +206,10 @@ def test_a_capped_mixture_gives_the_same_first_rows_then_stops(ray_session, worl
         source["epochs"] = 4
     recipe = recipe_from_dict(raw)
     planned, n = recipe_data(recipe), 16
-    ctx = ray.data.DataContext.get_current()
-    prev, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
-    try:
+    with preserved_order():
         uncapped = mixed_ids(planned.mixture(QuarantineActor.remote(None, 0)).dataset)
         capped = planned.mixture(QuarantineActor.remote(None, 0), max_rows=n)
         rows = mixed_ids(capped.dataset)
-    finally:
-        ctx.execution_options.preserve_order = prev
     assert rows[:n] == uncapped[:n]
     caps = sum(source_cap(n, w, recipe.data.block_rows) for w in capped.row_weights.values())
     assert n <= len(rows) <= caps < len(uncapped), (len(rows), caps, len(uncapped))

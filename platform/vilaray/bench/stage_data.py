@@ -16,7 +16,7 @@ import ray
 from vilaray.bench import Benchmark, register
 from vilaray.compose import plan_stage
 from vilaray.config import load_recipe
-from vilaray.data.prepare import write_shards
+from vilaray.data.prepare import preserved_order, write_shards
 from vilaray.data.quarantine import QuarantineActor
 
 UNCAPPED, CAPPED = "uncapped", "capped"
@@ -134,25 +134,20 @@ def run_stage_data_benchmark(cfg: StageDataBenchConfig) -> StageDataReport:
         )
     plan = plan_stage(recipe, cfg.stage, recipe.model)
     rows = rows_needed(plan.config.train)
-    ctx = ray.data.DataContext.get_current()
-    prev, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
     runs, seen = [], {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="vilaray-stage-data-") as tmp:
-            if cfg.warmup:
-                (Path(tmp) / "warmup").mkdir()
-                read_rows(plan.data, plan.config.data.block_rows, True, Path(tmp) / "warmup")
-            for rep in range(cfg.reps):
-                # Alternated, so a drift in the machine's speed biases neither side; the capped side goes
-                # first, so what the warm-up left cold counts against it.
-                for capped in (True, False) if rep % 2 == 0 else (False, True):
-                    out = Path(tmp) / f"{rep}-{capped}"
-                    out.mkdir()
-                    timed, ids = read_rows(plan.data, rows, capped, out)
-                    runs.append(timed)
-                    seen.setdefault(capped, ids)
-    finally:
-        ctx.execution_options.preserve_order = prev
+    with preserved_order(), tempfile.TemporaryDirectory(prefix="vilaray-stage-data-") as tmp:
+        if cfg.warmup:
+            (Path(tmp) / "warmup").mkdir()
+            read_rows(plan.data, plan.config.data.block_rows, True, Path(tmp) / "warmup")
+        for rep in range(cfg.reps):
+            # Alternated, so a drift in the machine's speed biases neither side; the capped side goes
+            # first, so what the warm-up left cold counts against it.
+            for capped in (True, False) if rep % 2 == 0 else (False, True):
+                out = Path(tmp) / f"{rep}-{capped}"
+                out.mkdir()
+                timed, ids = read_rows(plan.data, rows, capped, out)
+                runs.append(timed)
+                seen.setdefault(capped, ids)
     same = seen[False] == seen[True] and len(seen[True]) == rows
     report = StageDataReport(asdict(cfg), rows, same, runs)
     report.failures = check(report)

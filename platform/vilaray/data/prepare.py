@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,17 @@ from vilaray.data import schema
 from vilaray.data.pipeline import Mixture, PlannedData
 from vilaray.data.quarantine import QuarantineActor
 from vilaray.data.stats import StreamStats
+
+
+@contextlib.contextmanager
+def preserved_order() -> Iterator[None]:
+    """Ray Data executes in order inside the block (rows come out in the mixture's deterministic order)."""
+    ctx = ray.data.DataContext.get_current()
+    prev, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order = prev
 
 
 @dataclass
@@ -36,10 +49,7 @@ def prepare(
     Execution preserves order, so for the same recipe and seed the shards hold the same rows in the same
     order: the deterministic input that exact resumption in training builds on.
     """
-    ctx = ray.data.DataContext.get_current()
-    prev_order = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True
-    try:
+    with preserved_order():
         data = planned.config
         ledger = QuarantineActor.remote(str(run_dir), data.quarantine_samples)
         mixture = planned.mixture(ledger, max_rows)
@@ -51,8 +61,6 @@ def prepare(
         skipped = ray.get(ledger.write_summary.remote())
         if verbose:
             print(mixture.dataset.stats())
-    finally:
-        ctx.execution_options.preserve_order = prev_order
     report = {
         **(about or {}),
         "seed": data.seed,
