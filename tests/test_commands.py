@@ -153,6 +153,27 @@ def test_make_world_command_reuses_a_built_world(world, assets_dir, tmp_path, ca
     assert_console_for_people(out)
 
 
+def test_make_world_with_sequence_distractors_builds_the_probes_world(world, assets_dir, tmp_path, capsys):
+    """`--sequence-distractors P` (the README's in-context-learning probe) changes the world's sft_messages
+    only (what the questions are is `test_synth`'s), and the manifest records it; out of [0, 1] it is
+    refused before any build, naming the flag."""
+    import make_world
+
+    out = tmp_path / "world"
+    argv = ["--out", str(out), "--assets", str(assets_dir), "--scale", "tiny", "--logs", str(tmp_path)]
+    with pytest.raises(SystemExit) as refused:
+        make_world.main([*argv, "--sequence-distractors", "1.5"])
+    assert refused.value.code == 2 and "--sequence-distractors" in capsys.readouterr().err
+    assert not out.exists()
+    assert make_world.main([*argv, "--sequence-distractors", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["scale"]["sequence_distractors"] == 1.0
+    # The session's tiny world is the same seed and scale at 0.
+    for kind, files in manifest["files"].items():
+        same = [(out / f).read_bytes() == (world.root / f).read_bytes() for f in files]
+        assert all(same) if kind != "sft_messages" else not all(same), kind
+
+
 @pytest.mark.parametrize(
     "bench", ["attention", "data", "train", "eval", "lm-head", "serve", "tune", "stage-data"]
 )

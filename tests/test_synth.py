@@ -276,6 +276,35 @@ def test_openai_messages_with_data_urls(world):
     assert 0.25 * len(rows) <= sequences <= 0.75 * len(rows)
 
 
+def test_distractor_questions_ask_about_an_earlier_images_shape_that_the_turns_image_lacks():
+    """What a reply must read its own turn's image for: a shape that only an earlier image holds."""
+    from vilaray.synth.chats import image_sequence_chat
+    from vilaray.synth.language import distractor_questions, sentence
+
+    red_star = Scene((Shape("star", "red", "small", "center"), Shape("circle", "blue", "large", "left")))
+    blue_circle = Scene((Shape("circle", "blue", "small", "top"),))
+    asked = {(q.question, q.answer) for q in distractor_questions(blue_circle, [red_star])}
+    assert asked == {("how many stars are there?", "0"), ("is there a red star?", "no")}
+    assert distractor_questions(red_star, [blue_circle]) == [] and distractor_questions(red_star, []) == []
+    # In the world's short-answer image sequences, a later turn asks one about half the time it can.
+    turns = [
+        (turn, scenes[: i + 1])
+        for seed in range(400)
+        for scenes in [[sample_scene(item_rng(0, "dx", seed * 4 + j), "train") for j in range(3)]]
+        for i, turn in enumerate(image_sequence_chat(f"c{seed}", scenes, item_rng(0, "dx", seed), 0.5).turns)
+        if turn[0].endswith(SHORT_ANSWER) and i
+    ]
+    can = [(t, s) for t, s in turns if distractor_questions(s[-1], s[:-1])]
+    hits = sum(
+        any(
+            t[0].startswith(sentence(q.question)) and t[1] == q.answer
+            for q in distractor_questions(s[-1], s[:-1])
+        )
+        for t, s in can
+    )
+    assert 0.35 * len(can) <= hits <= 0.85 * len(can) and len(can) > 100, (hits, len(can))
+
+
 @pytest.mark.parametrize(("subdir", "subtype"), [("eval/vqa", "val"), ("eval/vqa_train", "train")])
 def test_vqa_questions_and_annotations(root, subdir, subtype):
     questions = json.loads((root / subdir / "questions.json").read_text())

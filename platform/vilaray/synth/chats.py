@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from vilaray.registry import Registry
 from vilaray.synth.facts import Fact, instruction_turns
-from vilaray.synth.language import detailed_description, random_caption, sentence, vqa_questions
+from vilaray.synth.language import (
+    detailed_description,
+    distractor_questions,
+    random_caption,
+    sentence,
+    vqa_questions,
+)
 from vilaray.synth.scenes import Scene
 
 # LLaVA-1.5's suffix for short-answer VQA data; evals prompting with it get one-word answers.
@@ -70,20 +76,25 @@ def image_chat(chat_id: str, scene: Scene, rng: random.Random) -> Chat:
     return Chat(chat_id, tuple(CHAT_STYLES.get(name)(scene, rng)), scene)
 
 
-def image_sequence_chat(chat_id: str, scenes: list[Scene], rng: random.Random) -> Chat:
+def image_sequence_chat(
+    chat_id: str, scenes: list[Scene], rng: random.Random, distractors: float = 0.0
+) -> Chat:
     """One task over several images, a user turn each (its image, then the same kind of request) and the
     reply about that turn's image: a sequence of solved examples, the layout of a k-shot prompt. Without
     such chats every SFT conversation is about its first image, and a few-shot prompt's later images were
-    never what a reply had to read (the ICL probe in the README)."""
+    never what a reply had to read (the ICL probe in the README). With `distractors`, that share of a
+    short-answer sequence's later turns asks about a shape only an earlier image holds, where there is one."""
     kind = rng.choice(("short_vqa", "brief"))
     prompt = rng.choice(BRIEF_PROMPTS)
     turns = []
-    for scene in scenes:
+    for i, scene in enumerate(scenes):
         if kind == "brief":
             turns.append((prompt, random_caption(scene, rng)))
-        else:
-            qa = rng.choice(vqa_questions(scene, rng, 2))
-            turns.append((f"{sentence(qa.question)}\n{SHORT_ANSWER}", qa.answer))
+            continue
+        # No draw at 0, so a world without distractors is the one generated before they existed.
+        asked = distractor_questions(scene, scenes[:i]) if distractors and rng.random() < distractors else []
+        qa = rng.choice(asked or vqa_questions(scene, rng, 2))
+        turns.append((f"{sentence(qa.question)}\n{SHORT_ANSWER}", qa.answer))
     return Chat(chat_id, tuple(turns), scenes[0])
 
 

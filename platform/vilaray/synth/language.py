@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vilaray.registry import Registry
@@ -235,19 +235,20 @@ def _ask_count(scene: Scene, rng: random.Random) -> list[QA]:
 
 @QUESTIONS.register("count_kind")
 def _ask_count_kind(scene: Scene, rng: random.Random) -> list[QA]:
-    kind = rng.choice(KINDS)
+    return [count_kind_qa(scene, rng.choice(KINDS))]
+
+
+def count_kind_qa(scene: Scene, kind: str) -> QA:
     n = sum(s.kind == kind for s in scene.shapes)
     said = f"there {'is' if n == 1 else 'are'} {NUMBER_WORDS[n] if n else 'no'} {kind if n == 1 else plural(kind)}"
-    return [
-        QA(
-            f"how many {plural(kind)} are there?",
-            str(n),
-            sentence(said),
-            "how many",
-            "number",
-            _others(("0", "1", "2"), str(n)),
-        )
-    ]
+    return QA(
+        f"how many {plural(kind)} are there?",
+        str(n),
+        sentence(said),
+        "how many",
+        "number",
+        _others(("0", "1", "2"), str(n)),
+    )
 
 
 @QUESTIONS.register("shape_at")
@@ -273,20 +274,17 @@ def _ask_exists(scene: Scene, rng: random.Random) -> list[QA]:
     else:
         absent = [(c, k) for c in COLORS for k in KINDS if (c, k) not in present]
         color, kind = rng.choice(absent)
+    return [exists_qa(scene, color, kind)]
+
+
+def exists_qa(scene: Scene, color: str, kind: str) -> QA:
     phrase = f"{article(color)} {color} {kind}"
-    yes = (color, kind) in present
+    yes = any((s.color, s.kind) == (color, kind) for s in scene.shapes)
     said = f"yes, there is {phrase}" if yes else f"no, there is no {color} {kind}"
     answer = "yes" if yes else "no"
-    return [
-        QA(
-            f"is there {phrase}?",
-            answer,
-            sentence(said),
-            "is there a",
-            "yes/no",
-            _others(("yes", "no"), answer),
-        )
-    ]
+    return QA(
+        f"is there {phrase}?", answer, sentence(said), "is there a", "yes/no", _others(("yes", "no"), answer)
+    )
 
 
 @QUESTIONS.register("size")
@@ -340,6 +338,17 @@ def vqa_questions(scene: Scene, rng: random.Random, n: int = 4) -> list[QA]:
         if len(out) == n:
             break
     return out
+
+
+def distractor_questions(scene: Scene, earlier: Sequence[Scene]) -> list[QA]:
+    """Questions about a shape that an earlier image of the sequence holds and `scene` does not (so the
+    answer is 0 or no): a reply that reads an earlier image instead of its own turn's gets them wrong, as
+    4-shot prompts did ("how many stars?" answered 1 when a demonstration's picture had a star)."""
+    seen = {(s.color, s.kind) for e in earlier for s in e.shapes}
+    kinds_here = {s.kind for s in scene.shapes}
+    here = {(s.color, s.kind) for s in scene.shapes}
+    out = [count_kind_qa(scene, kind) for kind in sorted({k for _, k in seen} - kinds_here)]
+    return out + [exists_qa(scene, color, kind) for color, kind in sorted(seen - here)]
 
 
 def human_answers(qa: QA, rng: random.Random, n: int = HUMANS) -> list[str]:

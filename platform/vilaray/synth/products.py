@@ -176,7 +176,8 @@ def _image_sequence(b: _Build, stream: str, i: int, chat_id: str) -> ImageChat:
     rng = b.rng(stream, i)
     scenes = [sample_scene(rng, "train") for _ in range(rng.randint(2, MAX_SEQUENCE_IMAGES))]
     images = [b.icon(scene, rng, "train") for scene in scenes]
-    return ImageChat(image_sequence_chat(chat_id, scenes, rng), images[0], later_images=tuple(images[1:]))
+    chat = image_sequence_chat(chat_id, scenes, rng, b.scale.sequence_distractors)
+    return ImageChat(chat, images[0], later_images=tuple(images[1:]))
 
 
 @PRODUCTS.register("sft_messages")
