@@ -172,6 +172,13 @@ def test_make_world_with_sequence_distractors_builds_the_probes_world(world, ass
     for kind, files in manifest["files"].items():
         same = [(out / f).read_bytes() == (world.root / f).read_bytes() for f in files]
         assert all(same) if kind != "sft_messages" else not all(same), kind
+    # The README's next step, `python jobs/sft.py ... --set stages.sft.data.root=<the probe's world>`: a dry run
+    # refuses an override key the recipe lacks (it does not read the data; the training runs are elsewhere).
+    import sft
+
+    sets = shrunk(world.root, assets_dir, tmp_path / "runs", f"stages.sft.data.root={out}")
+    assert sft.main(["--recipe", TINY, "--dry-run", *sets]) == 0
+    assert "[sft] zero 2, 2 workers" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from vilaray.data.stats import StreamStats
 
 @contextlib.contextmanager
 def preserved_order() -> Iterator[None]:
-    """Ray Data executes in order inside the block (rows come out in the mixture's deterministic order)."""
+    """Ray Data preserves order inside the `with` block: rows come out in the mixture's deterministic order."""
     ctx = ray.data.DataContext.get_current()
     prev, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
     try:
