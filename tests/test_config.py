@@ -61,3 +61,26 @@ def test_staged_recipe_defaults_and_batch_check():
         load_recipe(tiny, ["stages.align.train.global_batch_size=10"])
     with pytest.raises(RecipeError, match="stages.pretrain.freeze: projector: mode lora is not allowed"):
         load_recipe(tiny, ["stages.pretrain.freeze.projector.mode=lora"])
+
+
+def section_seeds(recipe) -> dict[tuple[str, str], int]:
+    return {
+        (name, part): getattr(st, part).seed
+        for name, st in recipe.stages.items()
+        for part in ("data", "train")
+    }
+
+
+def test_the_recipe_seed_seeds_every_stage_unless_a_section_pins_its_own(tmp_path):
+    """`--set seed=N` re-seeds a run: data order and initialisation alike, in every stage."""
+    from pathlib import Path
+
+    tiny = Path(__file__).resolve().parent.parent / "jobs" / "recipes" / "tiny.yaml"
+    assert set(section_seeds(load_recipe(tiny)).values()) == {0}
+    assert set(section_seeds(load_recipe(tiny, ["seed=7"])).values()) == {7}
+    pinned = section_seeds(load_recipe(tiny, ["seed=7", "stages.sft.data.seed=2", "defaults.train.seed=5"]))
+    assert pinned.pop(("sft", "data")) == 2
+    assert {v for (_, part), v in pinned.items() if part == "train"} == {5}
+    assert {v for (_, part), v in pinned.items() if part == "data"} == {7}
+    data_only = write(tmp_path, base_recipe(tmp_path, tmp_path, tmp_path) | {"seed": 3})
+    assert load_recipe(data_only).data.seed == 3

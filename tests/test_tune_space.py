@@ -54,7 +54,8 @@ def test_smoke_space_draws_the_same_valid_mixtures_and_every_trial_recipe_valida
                 raw, space, {"mixes": {"pretrain": mix}, "freeze/pretrain": preset, "seed": 3}
             )
             st = trial.stages["pretrain"]
-            assert st.data.weights() == pytest.approx(mix) and st.train.max_steps == 40 and st.train.seed == 3
+            assert st.data.weights() == pytest.approx(mix) and st.train.max_steps == 40
+            assert st.train.seed == st.data.seed == trial.seed == 3  # data order too: seeds are not replicas
             assert st.freeze.language_model.mode == ("full" if preset == "full" else "frozen")
             assert st.validation.every == 10  # held-out loss at ASHA's first rung and every 10 steps
             # Everything the space does not touch is the recipe's.
@@ -317,7 +318,8 @@ def test_findings_grid_is_one_factor_cells_crossed_with_seeds(tiny, assets_dir):
     for stage in ("pretrain", "sft"):
         st = full.stages[stage]
         assert st.data.weights() == recipe.stages[stage].data.weights()
-        assert st.freeze == recipe.stages[stage].freeze and st.train.seed == 1 and st.train.max_steps == 150
+        assert st.freeze == recipe.stages[stage].freeze and st.train.max_steps == 150
+        assert st.train.seed == st.data.seed == 1
     assert built["llm_frozen"].stages["pretrain"].freeze.language_model.mode == "frozen"
     assert built["llm_frozen"].stages["sft"].freeze.language_model.mode == "full"
     assert set(built["pairs_only"].stages["pretrain"].data.weights()) == {"pairs", "pairs_llava", "text"}

@@ -147,6 +147,8 @@ class StageConfig(Strict):
 
 class Recipe(Strict):
     name: str
+    # The run's seed: the default of every stage's `data.seed` (shard order, packing, shuffle) and
+    # `train.seed` (initialisation), and of the data-only recipe's `data.seed` (`_apply_seed`).
     seed: int = 0
     # The model the first stage starts from; stage N+1 starts from stage N's export.
     model: ModelSpec = ModelSpec(path="artifacts/tiny-vlm")
@@ -247,8 +249,26 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe_from_dict(apply_overrides(raw, overrides or []), origin=str(path))
 
 
+def _apply_seed(raw: dict) -> dict:
+    """The top-level `seed` fills every data and train section's `seed` that the recipe leaves unset: one
+    `--set seed=N` re-seeds the whole run, and a seed given in a section (or under `defaults`) still wins."""
+    if "seed" not in raw:
+        return raw
+    sections = [raw.get("data")]
+    stages = raw.get("stages")
+    for body in stages.values() if isinstance(stages, dict) else ():
+        if isinstance(body, dict):
+            if body.get("train") is None:
+                body["train"] = {}  # an absent `train` is TrainConfig's defaults
+            sections += [body.get("data"), body["train"]]
+    for section in sections:
+        if isinstance(section, dict):
+            section.setdefault("seed", raw["seed"])
+    return raw
+
+
 def recipe_from_dict(raw: dict, origin: str = "<dict>") -> Recipe:
-    raw = _apply_defaults(copy.deepcopy(raw))
+    raw = _apply_seed(_apply_defaults(copy.deepcopy(raw)))
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:

@@ -415,9 +415,14 @@ def trial_overrides(space: TuneSpace, config: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
     every = space.report_every or (space.scheduler.grace_steps if space.scheduler.name == "asha" else None)
     parts = space.objective.parts()
+    seed = config.get("seed", 0)
+    out["seed"] = seed  # the recipe's seed, so best.yaml says which seed the trial ran
     for stage in space.stages:
         out[f"stages.{stage}.train.max_steps"] = space.budget_steps
-        out[f"stages.{stage}.train.seed"] = config.get("seed", 0)
+        # Set in every section, over any the recipe pins: a seed that reached only `train` would leave the
+        # deterministic data order alone, and a grid's seeds would be replicas of one run.
+        out[f"stages.{stage}.train.seed"] = seed
+        out[f"stages.{stage}.data.seed"] = seed
         if every and any(p.startswith("val_loss") for p in parts):
             out[f"stages.{stage}.validation.every"] = every
         if every and any(p.startswith("eval/") for p in parts):
