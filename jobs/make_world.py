@@ -26,7 +26,7 @@ def main(argv=None) -> int:
         default=0.0,
         metavar="P",
         help="an in-context-learning probe: the share of sft_messages' short-answer image sequences' later turns "
-        "that ask about a shape only an earlier image holds (default 0: the shipped world)",
+        "that ask what an earlier image answers otherwise (default 0: the shipped world)",
     )
     args = p.parse_args(argv)
     if not 0.0 <= args.sequence_distractors <= 1.0:

@@ -276,17 +276,30 @@ def test_openai_messages_with_data_urls(world):
     assert 0.25 * len(rows) <= sequences <= 0.75 * len(rows)
 
 
-def test_distractor_questions_ask_about_an_earlier_images_shape_that_the_turns_image_lacks():
-    """What a reply must read its own turn's image for: a shape that only an earlier image holds."""
+def asked_pairs(scene: Scene, earlier: list[Scene]) -> set[tuple[str, str]]:
+    from vilaray.synth.language import distractor_questions
+
+    return {(q.question, q.answer) for q in distractor_questions(scene, earlier)}
+
+
+def test_distractor_questions_are_answered_differently_by_an_earlier_image_and_not_always_no():
+    """What a reply must read its own turn's image for: a question an earlier image answers otherwise, with
+    as many answers 0 or no as not (all-negative ones were learnt as "a later turn answers no")."""
     from vilaray.synth.chats import image_sequence_chat
-    from vilaray.synth.language import distractor_questions, sentence
+    from vilaray.synth.language import sentence
 
     red_star = Scene((Shape("star", "red", "small", "center"), Shape("circle", "blue", "large", "left")))
     blue_circle = Scene((Shape("circle", "blue", "small", "top"),))
-    asked = {(q.question, q.answer) for q in distractor_questions(blue_circle, [red_star])}
-    assert asked == {("how many stars are there?", "0"), ("is there a red star?", "no")}
-    assert distractor_questions(red_star, [blue_circle]) == [] and distractor_questions(red_star, []) == []
-    # In the world's short-answer image sequences, a later turn asks one about half the time it can.
+    assert asked_pairs(red_star, [blue_circle]) == {
+        ("how many stars are there?", "1"),
+        ("is there a red star?", "yes"),
+    }
+    # Two negatives and no positive: one of them, not both.
+    negatives = {("how many stars are there?", "0"), ("is there a red star?", "no")}
+    assert len(asked_pairs(blue_circle, [red_star])) == 1 and asked_pairs(blue_circle, [red_star]) < negatives
+    assert asked_pairs(red_star, []) == set() and asked_pairs(red_star, [red_star]) == set()
+    # In the world's short-answer image sequences, a later turn asks one about half the time it can, and
+    # about half of those asked are answered 0 or no.
     turns = [
         (turn, scenes[: i + 1])
         for seed in range(400)
@@ -294,15 +307,11 @@ def test_distractor_questions_ask_about_an_earlier_images_shape_that_the_turns_i
         for i, turn in enumerate(image_sequence_chat(f"c{seed}", scenes, item_rng(0, "dx", seed), 0.5).turns)
         if turn[0].endswith(SHORT_ANSWER) and i
     ]
-    can = [(t, s) for t, s in turns if distractor_questions(s[-1], s[:-1])]
-    hits = sum(
-        any(
-            t[0].startswith(sentence(q.question)) and t[1] == q.answer
-            for q in distractor_questions(s[-1], s[:-1])
-        )
-        for t, s in can
-    )
-    assert 0.35 * len(can) <= hits <= 0.85 * len(can) and len(can) > 100, (hits, len(can))
+    can = [(t, asked_pairs(s[-1], s[:-1])) for t, s in turns if asked_pairs(s[-1], s[:-1])]
+    hits = [t for t, asked in can if any(t[0].startswith(sentence(q)) and t[1] == a for q, a in asked)]
+    assert 0.35 * len(can) <= len(hits) <= 0.85 * len(can) and len(can) > 100, (len(hits), len(can))
+    negative = sum(answer in ("0", "no") for _, answer in hits)
+    assert 0.3 * len(hits) <= negative <= 0.7 * len(hits), (negative, len(hits))
 
 
 @pytest.mark.parametrize(("subdir", "subtype"), [("eval/vqa", "val"), ("eval/vqa_train", "train")])

@@ -83,7 +83,7 @@ def image_sequence_chat(
     reply about that turn's image: a sequence of solved examples, the layout of a k-shot prompt. Without
     such chats every SFT conversation is about its first image, and a few-shot prompt's later images were
     never what a reply had to read (the ICL probe in the README). With `distractors`, that share of a
-    short-answer sequence's later turns asks about a shape only an earlier image holds, where there is one."""
+    short-answer sequence's later turns asks what an earlier image answers otherwise, where it can."""
     kind = rng.choice(("short_vqa", "brief"))
     prompt = rng.choice(BRIEF_PROMPTS)
     turns = []

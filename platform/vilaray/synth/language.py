@@ -238,8 +238,16 @@ def _ask_count_kind(scene: Scene, rng: random.Random) -> list[QA]:
     return [count_kind_qa(scene, rng.choice(KINDS))]
 
 
+def _count(scene: Scene, kind: str) -> int:
+    return sum(s.kind == kind for s in scene.shapes)
+
+
+def _holds(scene: Scene, color_kind: tuple[str, str]) -> bool:
+    return any((s.color, s.kind) == color_kind for s in scene.shapes)
+
+
 def count_kind_qa(scene: Scene, kind: str) -> QA:
-    n = sum(s.kind == kind for s in scene.shapes)
+    n = _count(scene, kind)
     said = f"there {'is' if n == 1 else 'are'} {NUMBER_WORDS[n] if n else 'no'} {kind if n == 1 else plural(kind)}"
     return QA(
         f"how many {plural(kind)} are there?",
@@ -279,7 +287,7 @@ def _ask_exists(scene: Scene, rng: random.Random) -> list[QA]:
 
 def exists_qa(scene: Scene, color: str, kind: str) -> QA:
     phrase = f"{article(color)} {color} {kind}"
-    yes = any((s.color, s.kind) == (color, kind) for s in scene.shapes)
+    yes = _holds(scene, (color, kind))
     said = f"yes, there is {phrase}" if yes else f"no, there is no {color} {kind}"
     answer = "yes" if yes else "no"
     return QA(
@@ -341,14 +349,19 @@ def vqa_questions(scene: Scene, rng: random.Random, n: int = 4) -> list[QA]:
 
 
 def distractor_questions(scene: Scene, earlier: Sequence[Scene]) -> list[QA]:
-    """Questions about a shape that an earlier image of the sequence holds and `scene` does not (so the
-    answer is 0 or no): a reply that reads an earlier image instead of its own turn's gets them wrong, as
-    4-shot prompts did ("how many stars?" answered 1 when a demonstration's picture had a star)."""
-    seen = {(s.color, s.kind) for e in earlier for s in e.shapes}
-    kinds_here = {s.kind for s in scene.shapes}
-    here = {(s.color, s.kind) for s in scene.shapes}
-    out = [count_kind_qa(scene, kind) for kind in sorted({k for _, k in seen} - kinds_here)]
-    return out + [exists_qa(scene, color, kind) for color, kind in sorted(seen - here)]
+    """Count and exists questions whose answer for `scene` differs from an earlier image's of the sequence:
+    a reply that reads an earlier image instead of its own turn's gets them wrong, as 4-shot prompts did
+    ("how many stars?" answered 1 when a demonstration's picture had a star). As many are answered 0 or no
+    as otherwise (one of those when no other is): asked only about shapes the turn's image lacks, every answer
+    was 0 or no, and SFT learnt "a later turn answers no" instead of reading the image (README, ICL)."""
+    shown = (scene, *earlier)
+    kinds = sorted({s.kind for image in shown for s in image.shapes})
+    pairs = sorted({(s.color, s.kind) for image in shown for s in image.shapes})
+    asked = [count_kind_qa(scene, k) for k in kinds if any(_count(e, k) != _count(scene, k) for e in earlier)]
+    asked += [exists_qa(scene, *p) for p in pairs if any(_holds(e, p) != _holds(scene, p) for e in earlier)]
+    negative = [qa for qa in asked if qa.answer in ("0", "no")]
+    positive = [qa for qa in asked if qa.answer not in ("0", "no")]
+    return positive + negative[: max(1, len(positive))]
 
 
 def human_answers(qa: QA, rng: random.Random, n: int = HUMANS) -> list[str]:

@@ -40,7 +40,7 @@ class WorldScale:
     vqa_questions_per_image: int = 4
     image_size: int = 64
     # An ICL probe's knob (README, "In-context learning"): the share of a short-answer image sequence's later
-    # turns in sft_messages that ask about a shape only an earlier image holds. 0 is the shipped world.
+    # turns in sft_messages that ask what an earlier image answers otherwise. 0 is the shipped world.
     sequence_distractors: float = 0.0
     photo_size: int = 512
 
