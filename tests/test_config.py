@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import base_recipe
+from conftest import TINY_RECIPE, base_recipe
 from vilaray.config import RecipeError, load_recipe
 
 
@@ -73,9 +73,7 @@ def section_seeds(recipe) -> dict[tuple[str, str], int]:
 
 def test_the_recipe_seed_seeds_every_stage_unless_a_section_pins_its_own(tmp_path):
     """`--set seed=N` re-seeds a run: data order and initialisation alike, in every stage."""
-    from pathlib import Path
-
-    tiny = Path(__file__).resolve().parent.parent / "jobs" / "recipes" / "tiny.yaml"
+    tiny = TINY_RECIPE
     assert set(section_seeds(load_recipe(tiny)).values()) == {0}
     assert set(section_seeds(load_recipe(tiny, ["seed=7"])).values()) == {7}
     pinned = section_seeds(load_recipe(tiny, ["seed=7", "stages.sft.data.seed=2", "defaults.train.seed=5"]))

@@ -307,7 +307,7 @@ def test_distractor_questions_are_answered_differently_by_an_earlier_image_and_n
         for i, turn in enumerate(image_sequence_chat(f"c{seed}", scenes, item_rng(0, "dx", seed), 0.5).turns)
         if turn[0].endswith(SHORT_ANSWER) and i
     ]
-    can = [(t, asked_pairs(s[-1], s[:-1])) for t, s in turns if asked_pairs(s[-1], s[:-1])]
+    can = [(t, asked) for t, s in turns if (asked := asked_pairs(s[-1], s[:-1]))]
     hits = [t for t, asked in can if any(t[0].startswith(sentence(q)) and t[1] == a for q, a in asked)]
     assert 0.35 * len(can) <= len(hits) <= 0.85 * len(can) and len(can) > 100, (len(hits), len(can))
     negative = sum(answer in ("0", "no") for _, answer in hits)
