@@ -80,16 +80,16 @@ def test_packed_loss_equals_unpacked(tokenized, tokenizer, assets_dir, attn):
             row["sample_ids"][0]: forward_losses(model, [row], cfg.pad_id)[0][0]
             for row in single_rows(tokenized, cfg)
         }
+        packed_losses = forward_losses(model, packed, cfg.pad_id)
     else:
         # Each sample alone in a row padded to seq_len (the pad tail comes after it, so causality alone
-        # keeps it out of the sample's loss), all in one forward: flex_attention compiles once per shape,
-        # and a shape per sample would spend the test compiling. For packed_sdpa the pad tail is a
-        # document of its own.
+        # keeps it out of the sample's loss), in the same forward as the packed rows: flex_attention
+        # compiles once per shape (a second shape recompiles it with dynamic shapes, as long again on a
+        # CPU), and rows do not see each other. For packed_sdpa the pad tail is a document of its own.
         rows = [build_row([s], cfg, cfg.seq_len) for s in tokenized]
-        alone = {
-            r["sample_ids"][0]: losses[0] for r, losses in zip(rows, forward_losses(model, rows, cfg.pad_id))
-        }
-    packed_losses = forward_losses(model, packed, cfg.pad_id)
+        losses = forward_losses(model, rows + packed, cfg.pad_id)
+        alone = {r["sample_ids"][0]: row_losses[0] for r, row_losses in zip(rows, losses)}
+        packed_losses = losses[len(rows) :]
     compared = 0
     for row, losses in zip(packed, packed_losses):
         for sid, loss in zip(row["sample_ids"], losses):

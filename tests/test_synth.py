@@ -448,6 +448,17 @@ def test_world_texts_cover_training_text_and_no_eval_question(world):
     assert not [item["question"] for item in test if item["question"] in joined]
 
 
+# A tower small enough to pretrain in a second or two.
+SMALL_TOWER = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+)
+
+
 def test_tower_pretraining_learns_what_is_where_from_train_scenes_only(monkeypatch):
     import torch
     from transformers import SiglipVisionConfig, SiglipVisionModel
@@ -463,14 +474,7 @@ def test_tower_pretraining_learns_what_is_where_from_train_scenes_only(monkeypat
         return scene
 
     monkeypatch.setattr(tower_mod, "sample_scene", spy)
-    cfg = SiglipVisionConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-    )
+    cfg = SiglipVisionConfig(**SMALL_TOWER)
     torch.manual_seed(0)
     before = tower_mod.pretrain_tower(SiglipVisionModel(cfg), tower_mod.TowerPretraining(steps=0, scenes=512))
     after = tower_mod.pretrain_tower(
@@ -507,3 +511,37 @@ def test_tiny_lm_arrives_pretrained_on_the_worlds_text(small_world_dir, small_as
     blocks = tiny["train_tokens"] // cfg.seq_len
     assert tiny["steps"] == math.ceil(cfg.max_epochs * blocks / cfg.batch) < cfg.steps
     assert tiny["heldout_loss"] < tiny["random_init_heldout_loss"]
+
+
+def test_a_repeated_tower_pretraining_is_looked_up_as_training_again_would_give_it(monkeypatch):
+    """The session builds assets for two worlds; their towers start from the same weights, so the second
+    build looks the trained tower up. What it gets is what training again gives: weights, stats and the
+    RNG state after; a tower from other initial weights is trained."""
+    import copy
+
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    from vilaray.synth import tower as tower_mod
+
+    trained = []
+    real = tower_mod.pretrain_tower
+    monkeypatch.setattr(tower_mod, "pretrain_tower", lambda t, c: trained.append(c) or real(t, c))
+    cfg = SiglipVisionConfig(**SMALL_TOWER)
+    settings = tower_mod.TowerPretraining(steps=20, scenes=128, seed=3)
+    torch.manual_seed(0)
+    first = SiglipVisionModel(cfg)
+    again, reference = copy.deepcopy(first), copy.deepcopy(first)
+
+    stats = tower_mod.pretrain_tower_once(first, settings)
+    torch.manual_seed(123)  # whatever the caller did in between
+    assert tower_mod.pretrain_tower_once(again, settings) == stats and len(trained) == 1
+    rng_after_lookup = torch.get_rng_state()
+    assert real(reference, settings) == stats
+    assert torch.equal(rng_after_lookup, torch.get_rng_state())
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor) and torch.equal(first.state_dict()[name], tensor)
+    assert not again.training
+
+    other = SiglipVisionModel(cfg)  # drawn after the lookup: other initial weights
+    tower_mod.pretrain_tower_once(other, settings)
+    assert len(trained) == 2

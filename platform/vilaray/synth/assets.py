@@ -98,7 +98,7 @@ def build_tiny_vlm(
     )
 
     from vilaray.synth.lm import LMPretraining, pretrain_language_model
-    from vilaray.synth.tower import TowerPretraining, pretrain_tower
+    from vilaray.synth.tower import TowerPretraining, pretrain_tower_once
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     vision = SiglipVisionConfig(
@@ -133,7 +133,7 @@ def build_tiny_vlm(
     )
     torch.manual_seed(spec.seed)
     model = LlavaForConditionalGeneration(config)
-    tower_stats = pretrain_tower(
+    tower_stats = pretrain_tower_once(
         model.model.vision_tower, TowerPretraining(steps=spec.tower_pretrain_steps, seed=spec.seed)
     )
     lm_stats = None

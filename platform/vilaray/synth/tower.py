@@ -12,6 +12,7 @@ eval scene is ever seen.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 
@@ -102,3 +103,34 @@ def pretrain_tower(tower: torch.nn.Module, cfg: TowerPretraining = TowerPretrain
     with torch.no_grad():
         val_loss, val_acc = head.loss_and_accuracy(_features(tower, x_val), y_val)
     return {"readout_accuracy": val_acc, "readout_loss": float(val_loss), "steps": cfg.steps}
+
+
+# Trained towers by (settings, initial weights): pretraining reads no world, so a process that builds assets
+# for several worlds (the test session builds two) trains each distinct tower once.
+_TRAINED: dict[str, tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]] = {}
+
+
+def _tower_key(tower: torch.nn.Module, cfg: TowerPretraining) -> str:
+    h = hashlib.sha256(repr(cfg).encode())
+    for name, tensor in sorted(tower.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def pretrain_tower_once(
+    tower: torch.nn.Module, cfg: TowerPretraining = TowerPretraining()
+) -> dict[str, float]:
+    """`pretrain_tower`, computed once per process for the same settings and initial weights: a repeat gets
+    the trained weights, the stats and the global RNG state that training left, as if it had run again."""
+    key = _tower_key(tower, cfg)
+    if key not in _TRAINED:
+        stats = pretrain_tower(tower, cfg)
+        state = {k: v.detach().clone() for k, v in tower.state_dict().items()}
+        _TRAINED[key] = (state, stats, torch.get_rng_state())
+        return dict(stats)
+    state, stats, rng = _TRAINED[key]
+    tower.load_state_dict(state)
+    tower.eval()
+    torch.set_rng_state(rng)
+    return dict(stats)
