@@ -87,9 +87,9 @@ def test_packed_loss_equals_unpacked(tokenized, tokenizer, assets_dir, attn):
         # compiles once per shape (a second shape recompiles it with dynamic shapes, as long again on a
         # CPU), and rows do not see each other. For packed_sdpa the pad tail is a document of its own.
         rows = [build_row([s], cfg, cfg.seq_len) for s in tokenized]
-        losses = forward_losses(model, rows + packed, cfg.pad_id)
-        alone = {r["sample_ids"][0]: row_losses[0] for r, row_losses in zip(rows, losses)}
-        packed_losses = losses[len(rows) :]
+        both = forward_losses(model, rows + packed, cfg.pad_id)
+        alone = {r["sample_ids"][0]: row_losses[0] for r, row_losses in zip(rows, both)}
+        packed_losses = both[len(rows) :]
     compared = 0
     for row, losses in zip(packed, packed_losses):
         for sid, loss in zip(row["sample_ids"], losses):
