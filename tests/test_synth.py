@@ -538,8 +538,9 @@ def test_a_repeated_tower_pretraining_is_looked_up_as_training_again_would_give_
     rng_after_lookup = torch.get_rng_state()
     assert real(reference, settings) == stats
     assert torch.equal(rng_after_lookup, torch.get_rng_state())
+    looked_up, trained_first = again.state_dict(), first.state_dict()
     for name, tensor in reference.state_dict().items():
-        assert torch.equal(again.state_dict()[name], tensor) and torch.equal(first.state_dict()[name], tensor)
+        assert torch.equal(looked_up[name], tensor) and torch.equal(trained_first[name], tensor)
     assert not again.training
 
     other = SiglipVisionModel(cfg)  # drawn after the lookup: other initial weights
