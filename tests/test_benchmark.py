@@ -169,6 +169,9 @@ def test_serve_benchmark_measures_overhead_and_batching(ray_session, bench_root)
 
     cfg = ServeBenchConfig(root=str(bench_root), latency_requests=4, requests=8, concurrency="8",
                            max_tokens=6, replica_cpus=0.25)  # fmt: skip
+    # Replicas the session's Ray (no GPU) cannot hold are refused before anything is measured.
+    with pytest.raises(ValueError, match="--replica-gpus 0.5: two sides need 1 GPUs"):
+        BENCHMARKS.get("serve").run(dataclasses.replace(cfg, replica_gpus=0.5))
     report = BENCHMARKS.get("serve").run(cfg)
     out = json.loads(json.dumps(report.to_dict()))
     assert out["in_process"]["n"] == out["served"]["n"] == 4

@@ -32,6 +32,9 @@ class ServeBenchConfig:
     max_tokens: int = field(default=32, metadata={"help": "tokens per reply in the sweep"})
     max_batch_size: int = field(default=8, metadata={"help": "the batching side's max_batch_size"})
     replica_cpus: float = field(default=0.5, metadata={"help": "CPUs each model replica claims (two run)"})
+    replica_gpus: float = field(
+        default=0.0, metadata={"help": "GPUs each model replica claims (two run: 0.5 shares one GPU)"}
+    )
     max_overhead_ms: float = field(default=10.0, metadata={"help": "goal: Serve's p50 overhead at most this"})
     min_scaling: float = field(
         default=2.5, metadata={"help": "goal: batched tokens/s at concurrency 8 over concurrency 1"}
@@ -206,14 +209,30 @@ def sweep_level(client, side: str, requests: list[list[dict]], concurrency: int,
     return Level(side, concurrency, Latency.of([r[0] for r in results]), sum(r[1] for r in results), seconds)
 
 
+def require_room(cfg: ServeBenchConfig, model: str) -> None:
+    """Both sides' replicas (model + ingress) must fit at once, or `serve.run` would wait for them forever:
+    refused before anything is measured."""
+    import ray
+
+    from vilaray.serve.config import ServeConfig
+
+    free = ray.available_resources()
+    ingress_cpus = ServeConfig(model=model).ingress_cpus
+    need, have = 2 * (cfg.replica_cpus + ingress_cpus), free.get("CPU", 0.0)
+    if need > have:
+        raise ValueError(f"--replica-cpus {cfg.replica_cpus:g}: two sides need {need:g} CPUs, the cluster has "
+                         f"{have:g} free (lower --replica-cpus or raise --ray-cpus)")  # fmt: skip
+    if 2 * cfg.replica_gpus > free.get("GPU", 0.0):
+        raise ValueError(f"--replica-gpus {cfg.replica_gpus:g}: two sides need {2 * cfg.replica_gpus:g} GPUs, the "
+                         f"cluster has {free.get('GPU', 0.0):g} free")  # fmt: skip
+
+
 def run_serve_benchmark(cfg: ServeBenchConfig) -> ServeBenchReport:
     import openai
-    import ray
     from ray import serve
 
     from vilaray.bench.evals import tiny_model_and_world
     from vilaray.serve.app import build_app
-    from vilaray.serve.config import ServeConfig
     from vilaray.serve.local import free_port, serve_running
 
     concurrencies = sorted({int(c) for c in cfg.concurrency.split(",")} | {1})
@@ -221,20 +240,15 @@ def run_serve_benchmark(cfg: ServeBenchConfig) -> ServeBenchReport:
     model = cfg.model or model
     latency_prompts = vqa_messages(world, cfg.latency_requests)
     sweep_prompts = vqa_messages(world, cfg.requests)
+    require_room(cfg, model)
     in_process = in_process_latency(model, latency_prompts)
 
-    # Both sides' replicas (model + ingress) must fit at once, or `serve.run` would wait for CPUs forever.
-    ingress_cpus = ServeConfig(model=model).ingress_cpus
-    need, have = 2 * (cfg.replica_cpus + ingress_cpus), ray.available_resources().get("CPU", 0.0)
-    if need > have:
-        raise ValueError(f"--replica-cpus {cfg.replica_cpus:g}: two sides need {need:g} CPUs, the cluster has "
-                         f"{have:g} free (lower --replica-cpus or raise --ray-cpus)")  # fmt: skip
     port = free_port()
     started_here = not serve_running()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # One replica each, fixed: the sides differ in batching only. Queues long enough that no request of
     # the sweep is turned away.
-    common = {"model": model, "model_name": "bench", "num_cpus": cfg.replica_cpus,
+    common = {"model": model, "model_name": "bench", "num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus,
               "max_waiting": 2 * max(concurrencies), "limits": {"max_tokens": max(cfg.max_tokens, 1)},
               "autoscaling": {"min_replicas": 1, "max_replicas": 1}}  # fmt: skip
     sides = {ON: cfg.max_batch_size, OFF: 1}
