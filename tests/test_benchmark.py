@@ -52,7 +52,7 @@ def test_data_benchmark_reports_throughput_and_packing(ray_session, bench_root):
     assert any("efficiency" in f for f in check(dataclasses.replace(cfg, min_packing=1.01), report))
 
 
-def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, bench_root):
+def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, bench_root, capsys):
     """The harness on the CPU-sized shape: every variant x packing measured, ratios and FLOPs filled in."""
     from vilaray.bench import BENCHMARKS
     from vilaray.bench.train import TrainBenchConfig
@@ -81,6 +81,13 @@ def test_train_benchmark_times_deepspeed_against_plain_loops(ray_session, bench_
     on, off = by[("plain fp32", True)], by[("plain fp32", False)]
     assert on["tflops"] * on["step_s"] < off["tflops"] * off["step_s"]
     assert "MFU" in out["formula"] and "deepspeed zero2" in report.table()
+    # A console line per variant as it is measured, in the order they ran (DeepSpeed first).
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[train] ")]
+    assert [line.split(":")[0] for line in progress] == [
+        f"[train] {v}, packing {p}"
+        for v in ("ray-train deepspeed zero2", "plain fp32", "plain pure-bf16")
+        for p in ("on", "off")
+    ], progress
     # The GPU verdict fires on these ratios once the floor is out of reach.
     from vilaray.bench.train import floor_failures
 
@@ -107,7 +114,7 @@ def test_eval_benchmark_compares_batched_ray_data_with_one_at_a_time(ray_session
     assert "prompts/s" in report.table()
 
 
-def test_attention_benchmark_compares_packed_sdpa_with_masked_sdpa(bench_root):
+def test_attention_benchmark_compares_packed_sdpa_with_masked_sdpa(bench_root, capsys):
     """In one process: both implementations on the same packed and unpacked rows, with the same losses.
     packed_sdpa's speed against sdpa's is the benchmark's verdict (its floor), not this test's: a test
     that timed it would fail on a busy machine."""
@@ -135,6 +142,8 @@ def test_attention_benchmark_compares_packed_sdpa_with_masked_sdpa(bench_root):
     assert any("below" in f for f in check(dataclasses.replace(report_cfg, floor=1e9), report))
     assert len(check(dataclasses.replace(report_cfg, loss_tolerance=-1.0, floor=0.0), report)) == 4
     assert "packed_sdpa" in report.table()
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[attention] ")]
+    assert len(progress) == 4 and all("s/step" in line for line in progress), progress
 
 
 def test_lm_head_benchmark_compares_loss_positions_with_full_logits(bench_root):

@@ -5,6 +5,7 @@ the machinery for timing any variants of that step on the same rows (the LM-head
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -14,6 +15,7 @@ from vilaray.bench.steps import (
     SHAPES,
     Measured,
     Workload,
+    announce,
     bench_loss_sum,
     bench_model,
     choice,
@@ -150,10 +152,11 @@ def run_variants(
     work = Workload(shape(), variants[0].attn, cfg.rows, cfg.seq_len, cfg.steps, cfg.warmup,
                     world_doc_lengths(cfg.lengths_root, cfg.seed), H100_BF16_TFLOPS, cfg.seed)  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results, losses = [], {}
+    results, losses, t0 = [], {}, time.perf_counter()
     for p in packing:
         for variant in variants:
             m, loss = measure(work, variant, p, device, labels_fn)
+            announce(title.lower(), [m], t0)
             results.append(m)
             losses[_key(m)] = loss
     report = VariantsReport(

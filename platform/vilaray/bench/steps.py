@@ -251,6 +251,14 @@ def time_steps(
     return Measured(name, packing, step_s, tokens / step_s, tflops, tflops / work.peak_tflops, loss, peak)
 
 
+def announce(bench: str, measured: list[Measured], t0: float) -> None:
+    """A console line per variant as it is measured: a long run (a 0.5B model on a GPU builds for minutes)
+    shows where it is, and a run cut short shows what it had."""
+    for m in measured:
+        print(f"[{bench}] {m.variant}, packing {'on' if m.packing else 'off'}: {m.step_s:.4f} s/step, "
+              f"{m.tokens_per_s:,.0f} tokens/s ({time.perf_counter() - t0:.0f} s into the run)", flush=True)  # fmt: skip
+
+
 def bench_loss_sum(out, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The training loss's token sum (vilaray.train.loss) and how many tokens carry loss."""
     from vilaray.train.loss import token_loss_sums

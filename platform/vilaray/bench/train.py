@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from vilaray.bench.steps import (
     SHAPES,
     Measured,
     Workload,
+    announce,
     bench_loss_sum,
     bench_model,
     choice,
@@ -259,12 +261,14 @@ def run_train_benchmark(cfg: TrainBenchConfig) -> TrainBenchReport:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # DeepSpeed first: a freshly started local Ray spends a while starting worker processes, which would
     # slow whichever side ran first on a small machine; the plain loops then run on a settled one.
-    results = []
+    results, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vilaray-bench-train-") as tmp:
         for stage in stages:
             results += run_deepspeed(work, stage, packing, Path(tmp))
+            announce("train", results[-len(packing) :], t0)
     for pure in (False, True):
         results += run_plain(work, packing, pure_bf16=pure, device=device)
+        announce("train", results[-len(packing) :], t0)
         release_memory(device)
     machine = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
