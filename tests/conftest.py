@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -126,12 +127,11 @@ SUITE = ROOT / "evals" / "shapes.yaml"
 # The shipped recipe's in-training benchmarks, widened to every task at 0 and 4 shots (fewer samples, at the
 # last step) so the run also checks 4-shot and caption parity with the export; none of it changes training.
 TINY_RUN_EVALUATION = {"tasks": None, "shots": [0, 4], "limit": 6}
-# The floors' SFT schedule: the shipped one (tiny.yaml's 560 steps). At half of it the floors had held on
-# deterministic data on earlier boxes, but not on the 2026-12-04 one (an AMD EPYC): the same deterministic run
-# scored VQA 0.282 against its 0.302 floor at 100 samples (0.335 at 300, blind 0.090), identically with
-# transformers 5.23 and 5.25: the float paths of another CPU take training elsewhere, and 280 steps left no
-# margin.
-TINY_RUN_SFT_STEPS = 560
+# The floors train on the shipped schedule, SFT included (tiny.yaml's 560 steps). At half of it the floors had
+# held on deterministic data on earlier boxes, but not on the 2026-12-04 one (an AMD EPYC): the same
+# deterministic run scored VQA 0.282 against its 0.302 floor at 100 samples (0.335 at 300, blind 0.090),
+# identically with transformers 5.23 and 5.25: the float paths of another CPU take training elsewhere, and 280
+# steps left no margin.
 
 
 @dataclass
@@ -145,9 +145,10 @@ class TinyRun:
 
 def tiny_run_sets(world: Path, assets: Path, run_root: Path) -> list[str]:
     """`--set` overrides for the documented training commands: where the world, model and runs live,
-    deterministic data, wandb (offline) on, and the widened in-training benchmarks. The schedule is the
-    shipped one but for SFT's length (TINY_RUN_SFT_STEPS)."""
-    ev, sft_steps = TINY_RUN_EVALUATION, TINY_RUN_SFT_STEPS
+    deterministic data, wandb (offline) on, and the widened in-training benchmarks at SFT's last step. The
+    schedule is the shipped one."""
+    ev = TINY_RUN_EVALUATION
+    sft_steps = yaml.safe_load(TINY_RECIPE.read_text())["stages"]["sft"]["train"]["max_steps"]
     sets = [
         f"model.path={assets}",
         f"defaults.data.root={world}",
@@ -162,7 +163,6 @@ def tiny_run_sets(world: Path, assets: Path, run_root: Path) -> list[str]:
         "stages.sft.evaluation.tasks=null",
         f"stages.sft.evaluation.shots={ev['shots']}",
         f"stages.sft.evaluation.limit={ev['limit']}",
-        f"stages.sft.train.max_steps={sft_steps}",
         f"stages.sft.evaluation.every={sft_steps}",
     ]
     return sets
