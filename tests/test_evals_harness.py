@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import SUITE
+from vilaray.evals.demonstrations import consensus
 from vilaray.evals.harness import (
     baseline_result,
     evaluate_model,
@@ -22,7 +23,7 @@ from vilaray.evals.harness import (
 )
 from vilaray.evals.inference import infer_local
 from vilaray.evals.prompts import ShotLeak, build_prompt, draw_shots
-from vilaray.evals.tasks import TaskFileError, load_split, load_suite
+from vilaray.evals.tasks import EvalSample, TaskFileError, load_split, load_suite
 from vilaray.synth.chats import BRIEF_PROMPTS, SHORT_ANSWER
 
 
@@ -58,6 +59,10 @@ def test_shipped_suite_loads_on_the_world(world_dir):
             "tasks.shapes_text_mc.support.items:",
         ),
         (lambda r: r["tasks"][0].update(colour="red"), "tasks.0.colour: Extra inputs"),
+        (
+            lambda r: r["tasks"][0]["prompt"].update(demonstration="consensus"),
+            "tasks.0: Value error, prompt.demonstration: 'consensus' picks among a caption's references",
+        ),
     ],
 )
 def test_malformed_task_file_names_file_and_field(tmp_path, world_dir, edit, message):
@@ -89,6 +94,40 @@ def test_kshot_prompt_never_holds_its_query_and_shots_are_reproducible(tmp_path,
     first = [s.uid for s in draw_shots(support, query, 4, 7)]
     assert first == [s.uid for s in draw_shots(support, query, 4, 7)]
     assert any(first != [s.uid for s in draw_shots(support, query, 4, seed)] for seed in range(8, 12))
+
+
+def test_consensus_demonstrations_show_the_reference_the_others_agree_with(tmp_path, world_dir):
+    one = EvalSample(
+        "1",
+        {},
+        [
+            "A picture of a circle.",
+            "A small red circle at the top.",
+            "There is a small red circle at the top.",
+        ],
+        "A picture of a circle.",
+    )
+    two = EvalSample("2", {}, ["A large blue star on the left.", "A picture of a star."], "")
+    assert [s.answer for s in consensus([one, two])] == [one.references[1], two.references[0]]
+
+    def first(raw):
+        raw["tasks"][1]["prompt"]["demonstration"] = "first"
+
+    suite, base = load_suite(suite_copy(tmp_path, first), world_dir)
+    shipped = load_suite(SUITE, world_dir)[0]
+    assert shipped.tasks[1].prompt.demonstration == "consensus"
+    first, picked = (
+        [t for t in load_tasks(s, base, limit=5) if t.task.kind == "caption"][0] for s in (suite, shipped)
+    )
+    assert [s.answer for s in first.demonstrations] == [s.references[0] for s in first.support]
+    assert all(s.answer in s.references for s in picked.demonstrations)
+    # The world's five styles per image include a terse one ("A picture of a circle.") that the other four
+    # barely share; consensus never shows it where a fuller style is there.
+    assert not any(s.answer.startswith("A picture of") for s in picked.demonstrations)
+    # What is asked and the blind guess stay; only what the demonstrations show changes.
+    assert picked.samples == first.samples and picked.support == first.support
+    shown = {json.loads(i.messages)[1]["content"][0]["text"] for i in prompt_items([picked], [4], 0)}
+    assert shown <= {s.answer for s in picked.demonstrations}
 
 
 def test_shuffled_image_control_swaps_every_query_image_within_its_task(world_dir):

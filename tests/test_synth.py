@@ -276,6 +276,33 @@ def test_openai_messages_with_data_urls(world):
     assert 0.25 * len(rows) <= sequences <= 0.75 * len(rows)
 
 
+def test_a_caption_sequence_keeps_one_style():
+    """A caption sequence's replies share one annotator's style, so its earlier replies say what form the
+    next one takes, as a k-shot prompt's demonstrations do; styles still vary across sequences."""
+    import random
+
+    from vilaray.synth.chats import image_sequence_chat
+    from vilaray.synth.language import CAPTIONS, caption
+
+    def words(text: str) -> list[str]:
+        return sorted(w.strip(".,;:") for w in text.lower().split())
+
+    def styles(scene: Scene, reply: str) -> set[str]:
+        # "colors" lists the shapes in a random order: compare words as a bag.
+        return {n for n in CAPTIONS.names() if words(caption(scene, n, random.Random(0))) == words(reply)}
+
+    used = []
+    for seed in range(200):
+        scenes = [sample_scene(item_rng(0, "st", seed * 4 + j), "train") for j in range(3)]
+        chat = image_sequence_chat(f"c{seed}", scenes, item_rng(0, "st", seed))
+        if chat.turns[0][0].endswith(SHORT_ANSWER):
+            continue
+        shared = set.intersection(*(styles(sc, reply) for sc, (_, reply) in zip(scenes, chat.turns)))
+        assert shared, chat.turns
+        used.append(min(shared))
+    assert len(used) > 50 and len(set(used)) >= 5
+
+
 def asked_pairs(scene: Scene, earlier: list[Scene]) -> set[tuple[str, str]]:
     from vilaray.synth.language import distractor_questions
 
@@ -511,6 +538,21 @@ def test_tiny_lm_arrives_pretrained_on_the_worlds_text(small_world_dir, small_as
     blocks = tiny["train_tokens"] // cfg.seq_len
     assert tiny["steps"] == math.ceil(cfg.max_epochs * blocks / cfg.batch) < cfg.steps
     assert tiny["heldout_loss"] < tiny["random_init_heldout_loss"]
+
+
+def test_assets_are_rebuilt_for_a_rebuilt_world(tmp_path, world_dir, assets_dir):
+    """Assets built from a world are reused for it, and not for a world of another version, seed or scale
+    (its texts differ, so its tokenizer and LM would be stale)."""
+    from vilaray.synth.assets import TinyVLMSpec, assets_current
+
+    assert assets_current(assets_dir, world_dir, TinyVLMSpec())
+    assert not assets_current(assets_dir, world_dir, TinyVLMSpec(text_layers=8))
+    other = tmp_path / "world"
+    other.mkdir()
+    manifest = json.loads((world_dir / "manifest.json").read_text())
+    for key, value in (("version", manifest["version"] - 1), ("seed", manifest["seed"] + 1)):
+        (other / "manifest.json").write_text(json.dumps({**manifest, key: value}))
+        assert not assets_current(assets_dir, other, TinyVLMSpec())
 
 
 def test_a_repeated_tower_pretraining_is_looked_up_as_training_again_would_give_it(monkeypatch):

@@ -99,6 +99,24 @@ def cider_d_tokenized(candidates: Sequence[str], references: Sequence[Sequence[s
     return scores
 
 
+def consensus_indices(references: Sequence[Sequence[str]]) -> list[int]:
+    """Per image, the index of the tokenised reference its other references agree with most (CIDEr-D of it
+    against them, document frequencies from all these images); the first on ties or a lone reference."""
+    cooked = [[ngram_counts(ref) for ref in refs] for refs in references]
+    frequency = document_frequency(cooked)
+    if not cooked:
+        return []
+    log_images = math.log(float(len(cooked)))
+    best = []
+    for refs in cooked:
+        vecs = [_tfidf(ref, frequency, log_images) for ref in refs]
+        agreement = [
+            sum(sum(_similarity(v, w)) for k, w in enumerate(vecs) if k != j) for j, v in enumerate(vecs)
+        ]
+        best.append(max(range(len(vecs)), key=lambda j: (agreement[j], -j)))
+    return best
+
+
 def corpus_mean(scores: Mapping[str, float] | Sequence[float]) -> float:
     values = list(scores.values()) if isinstance(scores, Mapping) else list(scores)
     return math.fsum(values) / len(values)

@@ -7,8 +7,10 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
+from vilaray.evals.demonstrations import DEMONSTRATIONS
 from vilaray.evals.prompts import PromptItem, build_prompt, draw_shots
 from vilaray.evals.tasks import EvalSample, Suite, TaskSpec, load_split
 from vilaray.registry import Registry
@@ -20,6 +22,12 @@ class TaskData:
     samples: list[EvalSample]
     support: list[EvalSample]
     skipped: int  # records without references or unreadable, counted and left out
+
+    @cached_property
+    def demonstrations(self) -> list[EvalSample]:
+        """The support split as k-shot demonstrations show it (the task's `prompt.demonstration`); the blind
+        baseline keeps guessing from the split as loaded."""
+        return DEMONSTRATIONS.get(self.task.prompt.demonstration)(self.support)
 
 
 @dataclass
@@ -109,7 +117,7 @@ def load_tasks(suite: Suite, base: Path, limit: int | None = None) -> list[TaskD
 
 def prompt_items(tasks: list[TaskData], shots: list[int], seed: int) -> list[PromptItem]:
     return [
-        build_prompt(t.task, s, draw_shots(t.support, s, k, seed))
+        build_prompt(t.task, s, draw_shots(t.demonstrations, s, k, seed))
         for t in tasks
         for k in shots
         for s in t.samples

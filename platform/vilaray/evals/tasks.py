@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vilaray.registry import Registry
 
@@ -35,10 +35,12 @@ class SplitSpec(Strict):
 
 
 class PromptSpec(Strict):
-    """`query` is the user turn (fields in braces); `answer` is how a demonstration's reply reads."""
+    """`query` is the user turn (fields in braces); `answer` is how a demonstration's reply reads;
+    `demonstration` which caption reference a demonstration shows (vilaray.evals.demonstrations)."""
 
     query: str
     answer: str = "{answer}"
+    demonstration: Literal["first", "consensus"] = "first"
 
 
 class TaskSpec(Strict):
@@ -50,6 +52,15 @@ class TaskSpec(Strict):
     prompt: PromptSpec
     limit: int | None = Field(None, ge=1)  # samples of the eval split (seeded choice), None: all
     max_new_tokens: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _consensus_is_for_captions(self) -> TaskSpec:
+        if self.prompt.demonstration == "consensus" and self.kind != "caption":
+            raise ValueError(
+                f"prompt.demonstration: 'consensus' picks among a caption's references; a {self.kind} task "
+                "shows its majority answer or gold choice"
+            )
+        return self
 
 
 class Suite(Strict):

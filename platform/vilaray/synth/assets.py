@@ -167,6 +167,7 @@ def build_tiny_vlm(
             {
                 "projector": "mlp2x_gelu",
                 "spec": spec.__dict__,
+                "world": _world_identity(world_dir),
                 "tower_pretraining": tower_stats,
                 "lm_pretraining": lm_stats,
             },
@@ -176,6 +177,22 @@ def build_tiny_vlm(
     return model, processor
 
 
+def _world_identity(world_dir: str | Path | None) -> dict | None:
+    from vilaray.synth.manifest import WorldManifest
+
+    return None if world_dir is None else WorldManifest.load(world_dir).identity()
+
+
+def assets_current(out_dir: str | Path, world_dir: str | Path | None, spec: TinyVLMSpec) -> bool:
+    """`out_dir` holds assets of this spec built from this world. A rebuilt world (another version, seed
+    or scale) has other texts, so its tokenizer and LM are trained again."""
+    marker = Path(out_dir) / "vilaray.json"
+    if not marker.is_file():
+        return False
+    built = json.loads(marker.read_text())
+    return built.get("spec") == spec.__dict__ and built.get("world") == _world_identity(world_dir)
+
+
 def build_assets(
     world_dir: str | Path, out_dir: str | Path, spec: TinyVLMSpec = TinyVLMSpec(), vocab_size: int = 2048
 ) -> Path:
@@ -183,8 +200,7 @@ def build_assets(
     from vilaray.synth.world import world_texts
 
     out_dir = Path(out_dir)
-    marker = out_dir / "vilaray.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("spec") == spec.__dict__:
+    if assets_current(out_dir, world_dir, spec):
         return out_dir
     tok_dir = out_dir / "tokenizer"
     train_tokenizer(world_texts(world_dir), tok_dir, vocab_size=vocab_size)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from vilaray.registry import Registry
 from vilaray.synth.facts import Fact, instruction_turns
 from vilaray.synth.language import (
+    CAPTIONS,
+    caption,
     detailed_description,
     distractor_questions,
     random_caption,
@@ -86,10 +88,14 @@ def image_sequence_chat(
     short-answer sequence's later turns asks what an earlier image answers otherwise, where it can."""
     kind = rng.choice(("short_vqa", "brief"))
     prompt = rng.choice(BRIEF_PROMPTS)
+    # One annotator's style for the whole sequence, as a dataset's examples share its style: what the
+    # earlier replies show is then the format the next one should take (a caption prompt's k-shot
+    # demonstrations set its style). With a style drawn per turn, the demonstrations said nothing.
+    style = rng.choice(sorted(CAPTIONS))
     turns = []
     for i, scene in enumerate(scenes):
         if kind == "brief":
-            turns.append((prompt, random_caption(scene, rng)))
+            turns.append((prompt, caption(scene, style, rng)))
             continue
         # No draw at 0, so a world without distractors is the one generated before they existed.
         asked = distractor_questions(scene, scenes[:i]) if distractors and rng.random() < distractors else []

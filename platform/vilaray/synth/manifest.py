@@ -10,7 +10,9 @@ from vilaray.registry import Registry
 from vilaray.synth.scenes import SPLIT_RULE
 
 FORMAT = "vilaray-shapes-world"
-VERSION = 2  # 2: image-sequence SFT chats in sft_messages; 300 caption eval images (small)
+# 2: image-sequence SFT chats in sft_messages; 300 caption eval images (small). 3: one caption style per
+# caption sequence in sft_messages.
+VERSION = 3
 MANIFEST = "manifest.json"
 
 
@@ -136,6 +138,10 @@ class WorldManifest:
 
     def paths(self, kind: str) -> list[Path]:
         return [self.root / rel for rel in self.files.get(kind, [])]
+
+    def identity(self) -> dict:
+        """What makes two builds the same world (the assets built from one record it, to notice a rebuild)."""
+        return {"version": self.version, "seed": self.seed, "scale": asdict(self.scale)}
 
     def to_json(self) -> dict:
         return {
