@@ -110,7 +110,7 @@ def ask_served(export: Path, world_root: Path) -> str:
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120
         )
-        (q,) = shapes_questions(world_root, 1)
+        (q,) = shapes_questions(world_root, 1, short_answer=True)
         reply = client.chat.completions.create(model="sft", messages=q.messages, max_tokens=16, temperature=0)
     finally:
         serve.shutdown()
