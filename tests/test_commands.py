@@ -165,7 +165,10 @@ def test_make_world_with_sequence_distractors_builds_the_probes_world(world, ass
         make_world.main([*argv, "--sequence-distractors", "1.5"])
     assert refused.value.code == 2 and "--sequence-distractors" in capsys.readouterr().err
     assert not out.exists()
+    tokenizer = (assets_dir / "tokenizer.json").read_bytes()
     assert make_world.main([*argv, "--sequence-distractors", "1"]) == 0
+    # The shipped assets are kept for the probe's world (its SFT starts from the shipped pretrain export).
+    assert (assets_dir / "tokenizer.json").read_bytes() == tokenizer
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["scale"]["sequence_distractors"] == 1.0
     # The session's tiny world is the same seed and scale at 0.

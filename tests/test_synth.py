@@ -553,6 +553,10 @@ def test_assets_are_rebuilt_for_a_rebuilt_world(tmp_path, world_dir, assets_dir)
     for key, value in (("version", manifest["version"] - 1), ("seed", manifest["seed"] + 1)):
         (other / "manifest.json").write_text(json.dumps({**manifest, key: value}))
         assert not assets_current(assets_dir, other, TinyVLMSpec())
+    # The ICL probe's world (`--sequence-distractors`) keeps the shipped assets, as its README command asks.
+    probe = {**manifest, "scale": {**manifest["scale"], "sequence_distractors": 0.5}}
+    (other / "manifest.json").write_text(json.dumps(probe))
+    assert assets_current(assets_dir, other, TinyVLMSpec())
 
 
 def test_a_repeated_tower_pretraining_is_looked_up_as_training_again_would_give_it(monkeypatch):

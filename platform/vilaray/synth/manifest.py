@@ -140,8 +140,12 @@ class WorldManifest:
         return [self.root / rel for rel in self.files.get(kind, [])]
 
     def identity(self) -> dict:
-        """What makes two builds the same world (the assets built from one record it, to notice a rebuild)."""
-        return {"version": self.version, "seed": self.seed, "scale": asdict(self.scale)}
+        """What the tiny assets built from this world depend on (they record it and are rebuilt for another):
+        version, seed and scale, less the ICL probe's knob, which changes only who asks what in
+        sft_messages; the probe's world reuses the shipped assets on purpose, so its SFT can start from the
+        shipped pretrain export (README, "In-context learning")."""
+        scale = {k: v for k, v in asdict(self.scale).items() if k != "sequence_distractors"}
+        return {"version": self.version, "seed": self.seed, "scale": scale}
 
     def to_json(self) -> dict:
         return {
