@@ -203,6 +203,7 @@ def test_demo_ends_with_one_question_through_serve(ray_session, tiny_run, small_
     console."""
     import demo
     from ray import serve
+    from vilaray.synth.chats import SHORT_ANSWER
 
     line = demo.ask_served(tiny_run.exports["sft"], small_world_dir)
     printed = capfd.readouterr()
@@ -210,7 +211,7 @@ def test_demo_ends_with_one_question_through_serve(ray_session, tiny_run, small_
     assert line.startswith("[demo] asked through Ray Serve + openai about shapes_val_"), line
     question, answer = line.split(": ", 1)[1].rsplit(" -> ", 1)
     # Asked as the SFT data asks (short-answer suffix), the export answers in a word or two.
-    assert "Answer the question using a single word or phrase." in question, question
+    assert SHORT_ANSWER in question, question
     assert 0 < len(answer.strip("'\"").split()) <= 3, line
     status = serve.status()  # Serve is down again: no proxies, no applications
     assert not status.proxies and not status.applications

@@ -102,10 +102,10 @@ def cider_d_tokenized(candidates: Sequence[str], references: Sequence[Sequence[s
 def consensus_indices(references: Sequence[Sequence[str]]) -> list[int]:
     """Per image, the index of the tokenised reference its other references agree with most (CIDEr-D of it
     against them, document frequencies from all these images); the first on ties or a lone reference."""
+    if not references:
+        return []
     cooked = [[ngram_counts(ref) for ref in refs] for refs in references]
     frequency = document_frequency(cooked)
-    if not cooked:
-        return []
     log_images = math.log(float(len(cooked)))
     best = []
     for refs in cooked:
